@@ -1,0 +1,1 @@
+"""Prefect flows: the generic runbook flow and the named procedures."""

@@ -1,0 +1,233 @@
+"""The runbook flow: every runbook runs through this one flow (and every deployment uses it).
+
+The flow receives the runbook's name (or path) and the runbook's own parameters as keyword
+arguments, so a deployment's parameter schema can be the runbook's typed parameters. It
+validates everything before the first step, runs the steps with `ktlo.engine.Executor`,
+publishes a markdown summary artifact and sends the runbook's notifications.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.context import FlowRunContext
+from prefect.runtime import flow_run as runtime_flow_run
+from pydantic import Field
+
+from ktlo import notify, secrets
+from ktlo.context import get_step_context
+from ktlo.engine import Executor, Outcome, RunInfo
+from ktlo.errors import KtloError, RunbookInvalid, StepFailed
+from ktlo.loader import find_runbook, load_runbook
+from ktlo.params import validate_params
+from ktlo.registry import StepInput, StepOutput, step_task
+from ktlo.runbook import Runbook
+from ktlo.store import runs
+from ktlo.summary import markdown_summary, notification
+
+MAX_DEPTH = 8
+nesting: ContextVar[int] = ContextVar("ktlo_runbook_nesting", default=0)
+
+
+class RunbookFailed(Exception):
+    """The run failed; the message says which step and why (already redacted)."""
+
+
+def _run_name() -> str:
+    params = runtime_flow_run.parameters or {}
+    ref = str(params.get("runbook", "runbook"))
+    name = ref.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    started = runtime_flow_run.scheduled_start_time
+    return f"{name}-{started:%Y%m%d-%H%M%S}"
+
+
+def _flow_run_url(flow_run_id: str) -> str | None:
+    from prefect.utilities.urls import url_for
+
+    try:
+        return url_for("flow-run", obj_id=flow_run_id)
+    except Exception:
+        return None
+
+
+def _trigger(ctx: FlowRunContext | None, incident: dict[str, Any] | None) -> tuple[str, str | None]:
+    parent = get_step_context()
+    if parent is not None:
+        return "subflow", parent.run_id
+    if incident is not None:
+        return "incident", None
+    flow_run = ctx.flow_run if ctx else None
+    if flow_run is not None and flow_run.deployment_id is not None:
+        return ("schedule" if flow_run.auto_scheduled else "deployment"), None
+    return "manual", None
+
+
+def _artifact_key(name: str) -> str:
+    return "runbook-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
+
+
+@flow(name="runbook", flow_run_name=_run_name, validate_parameters=False)
+async def runbook_flow(
+    runbook: str, incident: dict[str, Any] | None = None, **params: Any
+) -> dict[str, Any]:
+    """Run one ktlo runbook; `runbook` is its name in the runbooks directory or a file path."""
+    secrets.install_log_redaction()
+    logger = get_run_logger()
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
+    trigger, parent_run_id = _trigger(ctx, incident)
+    url = _flow_run_url(flow_run_id)
+
+    try:
+        rb = load_runbook(find_runbook(runbook))
+        values = validate_params(rb, params)
+    except RunbookInvalid as exc:
+        _record_rejected(flow_run_id, runbook, params, trigger, parent_run_id, url, str(exc))
+        logger.error("Runbook is invalid; no step was run:\n%s", exc)
+        raise RunbookFailed(f"runbook is invalid; no step was run: {exc}") from None
+    except KtloError as exc:
+        _record_rejected(flow_run_id, runbook, params, trigger, parent_run_id, url, str(exc))
+        logger.error("%s; no step was run", exc)
+        raise RunbookFailed(f"{exc}; no step was run") from None
+
+    info = RunInfo(
+        run_id=flow_run_id, runbook=rb.name, flow_run_id=flow_run_id, url=url, trigger=trigger
+    )
+    runs.start_run(
+        flow_run_id, rb.name, params=values, trigger=trigger, parent_run_id=parent_run_id, url=url
+    )
+    logger.info("Running runbook %s (%d steps, trigger: %s)", rb.name, len(rb.steps), trigger)
+    try:
+        outcome = await Executor(rb, values, info, incident=incident).run()
+    except BaseException as exc:
+        runs.finish_run(
+            flow_run_id, "crashed", error=secrets.redact(f"{type(exc).__name__}: {exc}")
+        )
+        raise
+    runs.finish_run(flow_run_id, outcome.status, error=outcome.error)
+    await _publish(rb, info, outcome)
+    _notify(rb, info, outcome)
+    if outcome.status == "failed":
+        raise RunbookFailed(outcome.error or "runbook failed")
+    if outcome.status == "succeeded_with_errors":
+        names = ", ".join(s.step_id for s in outcome.failed_steps)
+        logger.warning(
+            "Runbook %s finished with failed steps marked on_failure: continue: %s", rb.name, names
+        )
+    return {
+        "run_id": flow_run_id,
+        "status": outcome.status,
+        "outputs": secrets.redact(outcome.outputs),
+    }
+
+
+def _record_rejected(
+    run_id: str,
+    ref: str,
+    params: dict[str, Any],
+    trigger: str,
+    parent: str | None,
+    url: str | None,
+    error: str,
+) -> None:
+    name = ref.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
+    runs.start_run(run_id, name, params=params, trigger=trigger, parent_run_id=parent, url=url)
+    runs.finish_run(run_id, "failed", error=error)
+
+
+async def _publish(rb: Runbook, info: RunInfo, outcome: Outcome) -> None:
+    try:
+        await acreate_markdown_artifact(
+            markdown=secrets.redact(markdown_summary(rb, info, outcome)),
+            key=_artifact_key(rb.name),
+            description=f"ktlo runbook {rb.name}: {outcome.status}",
+        )
+    except Exception as exc:  # a summary must never fail a run that did its work
+        get_run_logger().warning("could not publish the summary artifact: %s", exc)
+
+
+def _notify(rb: Runbook, info: RunInfo, outcome: Outcome) -> None:
+    targets = rb.notify.on_failure if outcome.status != "succeeded" else rb.notify.on_success
+    if outcome.status == "succeeded_with_errors":
+        targets = list(dict.fromkeys([*rb.notify.on_failure, *rb.notify.on_success]))
+    if not targets:
+        return
+    title, body = notification(rb, info, outcome)
+    logger = get_run_logger()
+    try:
+        delivery = notify.send(targets, title, body)
+    except KtloError as exc:
+        logger.error("notification failed: %s", exc)
+        return
+    if delivery.failed:
+        logger.error("notification not delivered to: %s", ", ".join(delivery.failed))
+
+
+# --- the `runbook` step type: run another runbook as a subflow ----------------------------
+
+
+class RunbookStepInput(StepInput):
+    name: str = Field(description="the runbook to run (name in the runbooks directory)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunbookStepOutput(StepOutput):
+    run_id: str
+    status: str
+    outputs: dict[str, Any]
+
+
+def _validate_child(
+    data: dict[str, Any], parent: Runbook
+) -> list[tuple[tuple[str | int, ...], str]]:
+    name = data.get("name")
+    if not isinstance(name, str) or "{{" in name:
+        return []
+    if name == parent.name:
+        return [(("name",), f"runbook '{name}' cannot run itself")]
+    try:
+        child = load_runbook(
+            find_runbook(name, parent.path.parent if parent.path else None), check=False
+        )
+    except KtloError as exc:
+        return [(("name",), str(exc).splitlines()[0])]
+    raw = data.get("params") or {}
+    if isinstance(raw, dict):
+        static = {k: v for k, v in raw.items() if not (isinstance(v, str) and "{{" in v)}
+        unknown = [k for k in static if k not in child.parameters]
+        if unknown:
+            return [(("params", unknown[0]), f"runbook '{name}' has no parameter '{unknown[0]}'")]
+    return []
+
+
+def _summarize_child(out: RunbookStepOutput) -> str:
+    return f"runbook run {out.run_id[:8]}: {out.status}"
+
+
+@step_task(
+    "runbook",
+    RunbookStepInput,
+    RunbookStepOutput,
+    summarize=_summarize_child,
+    validate=_validate_child,
+)
+async def run_child_runbook(inputs: RunbookStepInput) -> RunbookStepOutput:
+    """Run another runbook as a subflow and fail if it fails."""
+    if nesting.get() >= MAX_DEPTH:
+        raise StepFailed(f"runbooks nested deeper than {MAX_DEPTH} levels")
+    token = nesting.set(nesting.get() + 1)
+    try:
+        state = await runbook_flow(runbook=inputs.name, **inputs.params, return_state=True)
+    finally:
+        nesting.reset(token)
+    if state.is_completed():
+        result = await state.aresult()
+        return RunbookStepOutput(
+            run_id=result["run_id"], status=result["status"], outputs=result["outputs"]
+        )
+    message = state.message or "failed"
+    raise StepFailed(f"runbook '{inputs.name}' {message}")

@@ -1,0 +1,3 @@
+from ktlo.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""`ktlo audit`, `ktlo approve`, `ktlo server`, `ktlo deployments`, `ktlo demo`."""
+
+from __future__ import annotations
+
+import typer
+
+from ktlo.cli.common import console, fail, print_json
+
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+server_app = typer.Typer(
+    help="The local Prefect server of the embedded setup.", no_args_is_help=True
+)
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Verify the audit trail's hash chain (exit 0 intact, 1 tampered)."""
+    from ktlo.audit import verify
+
+    verdict = verify()
+    if as_json:
+        print_json(
+            {
+                "ok": verdict.ok,
+                "rows": verdict.rows,
+                "message": verdict.message,
+                "bad_row": verdict.bad_row,
+            }
+        )
+    elif verdict.ok:
+        console.print(f"[green]✓[/green] {verdict.message}")
+    else:
+        console.print(f"[red]✗ {verdict.message}[/red]")
+    if not verdict.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("show")
+def audit_show(
+    run_id: str = typer.Option(None, "--run", help="only events of this run"),
+    limit: int = typer.Option(50, "--limit", "-n", min=1),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The newest audit events."""
+    from rich.table import Table
+
+    from ktlo.audit import events
+    from ktlo.cli.common import iso
+
+    rows = events(run_id=run_id, limit=limit)
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": e.id,
+                    "ts": iso(e.ts),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject": e.subject,
+                    "run_id": e.run_id,
+                    "details": e.details,
+                    "hash": e.hash,
+                }
+                for e in rows
+            ]
+        )
+        return
+    table = Table()
+    for col in ("id", "time", "actor", "action", "subject", "run"):
+        table.add_column(col)
+    for e in reversed(rows):
+        table.add_row(
+            str(e.id), iso(e.ts) or "", e.actor, e.action, e.subject, (e.run_id or "")[:8]
+        )
+    console.print(table)
+
+
+def approve(
+    run_id: str = typer.Argument(..., help="the paused flow run (id or prefix)"),
+    reject: bool = typer.Option(False, "--reject", help="reject instead of approve"),
+    comment: str = typer.Option("", "--comment", "-m", help="why (goes to the audit trail)"),
+    as_user: str = typer.Option(None, "--as", help="decide as this approver (default: user@host)"),
+) -> None:
+    """Approve (or reject) a run waiting at an approval step."""
+    from ktlo import approvals
+    from ktlo.audit import default_actor
+
+    waiting = [a for a in approvals.pending() if a.flow_run_id.startswith(run_id)]
+    if not waiting:
+        others = ", ".join(
+            f"{a.flow_run_id} ({a.runbook}/{a.step_id})" for a in approvals.pending()[:5]
+        )
+        fail(
+            f"no approval is pending for run {run_id}" + (f"; pending: {others}" if others else "")
+        )
+    approval = waiting[-1]
+    who = as_user or default_actor()
+    if not approvals.allowed(approval, who):
+        fail(
+            f"{who} may not decide this approval (approvers: {', '.join(approval.approvers)}); use --as NAME"
+        )
+    from ktlo.prefect_local import ensure_api
+
+    ensure_api()
+    from uuid import UUID
+
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(
+            UUID(approval.flow_run_id),
+            run_input={
+                "decision": "reject" if reject else "approve",
+                "approver": who,
+                "comment": comment,
+            },
+        )
+    except FlowPauseTimeout:
+        fail("the approval has timed out; the run was rejected")
+    except Exception as exc:
+        fail(f"could not resume run {approval.flow_run_id}: {exc}")
+    verb = "rejected" if reject else "approved"
+    console.print(
+        f"{verb} {approval.runbook}/{approval.step_id} (run {approval.flow_run_id}) as {who}"
+    )
+
+
+@server_app.command("start")
+def server_start(port: int = typer.Option(None, help="port (default 4200 or a free one)")) -> None:
+    """Start the local Prefect server (if it is not running)."""
+    from ktlo import prefect_local
+
+    info = prefect_local.start(port)
+    console.print(f"Prefect server running: UI {info.ui_url}  API {info.api_url}  (pid {info.pid})")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the local Prefect server."""
+    from ktlo import prefect_local
+
+    info = prefect_local.stop()
+    console.print("stopped" if info else "not running")
+
+
+@server_app.command("status")
+def server_status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Where the Prefect API is and whether it answers."""
+    import os
+
+    from ktlo import prefect_local
+
+    external = os.environ.get("PREFECT_API_URL")
+    info = prefect_local.running()
+    data = {
+        "api_url": external or (info.api_url if info else None),
+        "external": bool(external),
+        "healthy": prefect_local.healthy(external) if external else info is not None,
+        "pid": info.pid if info and not external else None,
+    }
+    if as_json:
+        print_json(data)
+    elif data["api_url"]:
+        state = "[green]up[/green]" if data["healthy"] else "[red]not answering[/red]"
+        console.print(f"Prefect API {data['api_url']}: {state}")
+    else:
+        console.print("no local Prefect server running (it starts on the first `ktlo run`)")
+    if not data["healthy"]:
+        raise typer.Exit(1)
+
+
+def demo() -> None:
+    """A self-contained tour on the embedded default."""
+    from ktlo.cli.demo import run_demo
+
+    run_demo()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(server_app, name="server")
+    app.command("approve")(approve)
+    app.command("demo")(demo)

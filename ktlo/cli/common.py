@@ -1,0 +1,67 @@
+"""Console helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "succeeded_with_errors": "yellow",
+    "failed": "red",
+    "crashed": "red",
+    "running": "cyan",
+    "skipped": "dim",
+    "not_run": "dim",
+}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    for line in message.splitlines() or [""]:
+        err_console.print(f"[red]error:[/red] {line}", soft_wrap=True, markup=True, highlight=False)
+    sys.exit(code)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
+
+
+def styled(status: str) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def ago(ts: datetime | None) -> str:
+    if ts is None:
+        return ""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    seconds = (datetime.now(UTC) - ts).total_seconds()
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 129600:
+        return f"{seconds / 3600:.0f}h ago"
+    return f"{seconds / 86400:.0f}d ago"
+
+
+def iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return ""
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"

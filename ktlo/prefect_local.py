@@ -1,0 +1,221 @@
+"""The embedded Prefect server: started once in the background, reused by every command.
+
+Prefect's ephemeral mode starts a server inside each process (9-20 s on a small machine);
+a long-running local server makes `ktlo run` take about a second instead. Unless
+`PREFECT_API_URL` points elsewhere, ktlo starts `prefect server start` on 127.0.0.1 with its
+database under `KTLO_HOME/prefect`, records where it listens, and leaves it running;
+`ktlo server stop` stops it. Nothing here imports Prefect, so it stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ktlo.errors import KtloError
+from ktlo.settings import get_settings
+
+DEFAULT_PORT = 4200
+START_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int
+    port: int
+    home: str
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def prefect_home() -> Path:
+    return get_settings().home_dir / "prefect"
+
+
+def _state_file() -> Path:
+    return prefect_home() / "server.json"
+
+
+def healthy(api_url: str, timeout: float = 1.0) -> bool:
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def read_info() -> ServerInfo | None:
+    try:
+        data = json.loads(_state_file().read_text())
+        return ServerInfo(pid=int(data["pid"]), port=int(data["port"]), home=str(data["home"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def running() -> ServerInfo | None:
+    info = read_info()
+    if info is not None and _alive(info.pid) and healthy(info.api_url):
+        return info
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise KtloError("no free TCP port for the local Prefect server")
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """Serialise concurrent starts on this machine (the embedded server is per machine)."""
+    prefect_home().mkdir(parents=True, exist_ok=True)
+    with open(prefect_home() / "server.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def server_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TIMEOUT": "60",
+            # The SQLite-backed server locks under bursts; give writers time instead of errors.
+            "PREFECT_API_DATABASE_TIMEOUT": "60",
+        }
+    )
+    return env
+
+
+def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
+    """Start the local server unless it is already up; returns where it listens."""
+    with _start_lock():
+        info = running()
+        if info is not None:
+            return info
+        home = prefect_home()
+        home.mkdir(parents=True, exist_ok=True)
+        chosen = _free_port(port or DEFAULT_PORT)
+        log_path = home / "server.log"
+        if not quiet:
+            print(
+                f"Starting a local Prefect server on http://127.0.0.1:{chosen} "
+                f"(first time only; it keeps running — stop it with `ktlo server stop`)…",
+                file=sys.stderr,
+            )
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(chosen),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=server_env(home),
+                start_new_session=True,
+            )
+        info = ServerInfo(pid=proc.pid, port=chosen, home=str(home))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace").splitlines()[-5:]
+                raise KtloError(
+                    f"the local Prefect server exited (code {proc.returncode}); see {log_path}: "
+                    + " | ".join(tail)
+                )
+            if healthy(info.api_url, timeout=0.5):
+                _state_file().write_text(
+                    json.dumps({"pid": info.pid, "port": info.port, "home": info.home})
+                )
+                return info
+            time.sleep(0.25)
+        proc.terminate()
+        raise KtloError(
+            f"the local Prefect server did not become healthy in {START_TIMEOUT_S}s; see {log_path}"
+        )
+
+
+def stop() -> ServerInfo | None:
+    info = read_info()
+    if info is None or not _alive(info.pid):
+        _state_file().unlink(missing_ok=True)
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(info.pid):
+        time.sleep(0.1)
+    if _alive(info.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(info.pid, signal.SIGKILL)
+    _state_file().unlink(missing_ok=True)
+    return info
+
+
+def ensure_api(*, quiet: bool = False) -> str:
+    """Point this process at a Prefect API: `PREFECT_API_URL` if set, else the local server.
+
+    Sets the environment (for child processes and a later `import prefect`) and, when Prefect
+    is already imported, its process-wide settings too.
+    """
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        return configured
+    info = start(quiet=quiet)
+    os.environ["PREFECT_API_URL"] = info.api_url
+    if "prefect.context" in sys.modules:
+        _apply_to_loaded_prefect(info.api_url)
+    return info.api_url
+
+
+def _apply_to_loaded_prefect(api_url: str) -> None:
+    """Prefect reads settings once at import; make it re-read the environment."""
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()

@@ -1,0 +1,53 @@
+"""Environment contract (SPEC §6): every KTLO_* variable is read here and nowhere else."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KTLO_", extra="ignore")
+
+    home: Path = Field(default=Path(".ktlo"), description="state directory of the embedded default")
+    database_url: str | None = Field(default=None, description="ktlo store; SQLite under home")
+    runbooks: Path = Field(default=Path("runbooks"), description="where runbooks are loaded from")
+    webhook_token: SecretStr | None = None
+    channels: str | None = Field(
+        default=None,
+        description="named notification channels: JSON object or 'name=url;name=url'",
+    )
+    channels_file: Path | None = Field(
+        default=None, description="YAML/JSON file of named channels (default HOME/channels.yaml)"
+    )
+    audit_key: SecretStr | None = Field(
+        default=None, description="optional HMAC key for the audit chain (else plain SHA-256)"
+    )
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def store_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_dir / 'ktlo.db'}"
+
+    @property
+    def runbooks_dir(self) -> Path:
+        return self.runbooks.expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget cached settings (tests and the CLI change the environment at start-up)."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,140 @@
+"""One engine per database URL; the schema is created and migrated on first use.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and `BEGIN IMMEDIATE`
+transactions, so concurrent writers queue instead of failing with "database is locked".
+PostgreSQL URLs are routed to psycopg 3.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, SQLModel, create_engine
+
+from ktlo.errors import KtloError
+from ktlo.settings import get_settings
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+# Ordered schema migrations after the initial `create_all`: (version, description, fn).
+Migration = tuple[int, str, Callable[[Connection], None]]
+MIGRATIONS: list[Migration] = []
+
+
+def normalise_url(url: str) -> str:
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take effect
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def engine(url: str | None = None) -> Engine:
+    url = normalise_url(url or get_settings().store_url)
+    with _lock:
+        existing = _engines.get(url)
+        if existing is not None:
+            return existing
+        if url.startswith("sqlite"):
+            db_path = url.split("///", 1)[-1]
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            _sqlite_setup(eng)
+        else:
+            eng = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        try:
+            _migrate(eng)
+        except Exception as exc:
+            eng.dispose()
+            raise KtloError(
+                f"ktlo store {_safe_url(url)} is not usable: {_first_line(exc)}"
+            ) from None
+        _engines[url] = eng
+        return eng
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable URL)"
+
+
+def _migrate(eng: Engine) -> None:
+    from ktlo.store.models import utcnow  # importing the models registers the tables
+
+    with eng.begin() as conn:
+        if eng.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(7352001)"))  # one migrator at a time
+        SQLModel.metadata.create_all(conn)
+        current = conn.execute(text("SELECT MAX(version) FROM ktlo_schema")).scalar() or 0
+        if current == 0:
+            latest = max((m[0] for m in MIGRATIONS), default=1)
+            conn.execute(
+                text(
+                    "INSERT INTO ktlo_schema (version, description, applied_at) VALUES (:v, :d, :at)"
+                ),
+                {"v": latest, "d": "initial schema", "at": utcnow()},
+            )
+            return
+        for version, description, fn in MIGRATIONS:
+            if version > current:
+                fn(conn)
+                conn.execute(
+                    text(
+                        "INSERT INTO ktlo_schema (version, description, applied_at) VALUES (:v, :d, :at)"
+                    ),
+                    {"v": version, "d": description, "at": utcnow()},
+                )
+
+
+def table_names(eng: Engine) -> list[str]:
+    return inspect(eng).get_table_names()
+
+
+@contextmanager
+def session(url: str | None = None) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    with Session(engine(url), expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+
+
+def reset_engines() -> None:
+    with _lock:
+        for eng in _engines.values():
+            eng.dispose()
+        _engines.clear()

@@ -1,0 +1,121 @@
+"""Run and step-run records: what `ktlo history` and `ktlo list` read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_
+from sqlmodel import col, func, select
+
+from ktlo import audit, secrets
+from ktlo.store.db import session
+from ktlo.store.models import Run, StepRun, utcnow
+
+FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed")
+
+
+def start_run(
+    run_id: str,
+    runbook: str,
+    *,
+    params: dict[str, Any],
+    trigger: str,
+    parent_run_id: str | None = None,
+    url: str | None = None,
+) -> Run:
+    with session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            run = Run(id=run_id, runbook=runbook)
+        run.status = "running"
+        run.trigger = trigger
+        run.parent_run_id = parent_run_id
+        run.params = secrets.redact(params)
+        run.started_at = utcnow()
+        run.finished_at = None
+        run.error = None
+        run.url = url
+        s.add(run)
+        audit.record(
+            "run.started",
+            runbook,
+            run_id=run_id,
+            details={"trigger": trigger, "params": run.params, "parent_run_id": parent_run_id},
+            s=s,
+        )
+        return run
+
+
+def record_step(step: StepRun) -> None:
+    step.summary = secrets.redact(step.summary)
+    step.error = secrets.redact(step.error)
+    step.output = secrets.redact(step.output)
+    with session() as s:
+        s.add(step)
+        audit.record(
+            f"step.{step.status}",
+            step.step_id,
+            run_id=step.run_id,
+            details={
+                "uses": step.uses,
+                "attempts": step.attempts,
+                "duration_ms": step.duration_ms,
+                "continued": step.continued,
+                "summary": step.summary,
+                "error": step.error,
+            },
+            s=s,
+        )
+
+
+def finish_run(run_id: str, status: str, error: str | None = None) -> None:
+    with session() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            return
+        run.status = status
+        run.error = secrets.redact(error)
+        run.finished_at = utcnow()
+        s.add(run)
+        audit.record(
+            "run.finished",
+            run.runbook,
+            run_id=run_id,
+            details={"status": status, "error": run.error},
+            s=s,
+        )
+
+
+def get_run(run_id: str) -> Run | None:
+    with session() as s:
+        return s.get(Run, run_id)
+
+
+def steps_of(run_id: str) -> list[StepRun]:
+    with session() as s:
+        return list(
+            s.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.id))).all()
+        )
+
+
+def recent_runs(runbook: str | None = None, limit: int = 20) -> list[Run]:
+    with session() as s:
+        query = select(Run)
+        if runbook:
+            query = query.where(Run.runbook == runbook)
+        return list(s.exec(query.order_by(col(Run.started_at).desc()).limit(limit)).all())
+
+
+def last_runs() -> dict[str, Run]:
+    """The most recent run of every runbook."""
+    with session() as s:
+        newest = (
+            select(Run.runbook, func.max(Run.started_at).label("started"))
+            .group_by(Run.runbook)
+            .subquery()
+        )
+        query = select(Run).join(
+            newest,
+            and_(col(Run.runbook) == newest.c.runbook, col(Run.started_at) == newest.c.started),
+        )
+        return {run.runbook: run for run in s.exec(query).all()}

@@ -1,0 +1,113 @@
+"""The `http.request` step: call an HTTP API and check the status code."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import httpx
+from pydantic import Field, field_validator
+
+from ktlo.errors import StepFailed
+from ktlo.registry import StepInput, StepOutput, step_task
+
+MAX_BODY = 256 * 1024
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class HttpInput(StepInput):
+    method: Method = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json")
+    body: str | None = None
+    timeout_s: float = Field(default=30, gt=0)
+    expect_status: list[int] | None = Field(default=None, description="default: any 2xx")
+    verify_tls: bool = True
+    follow_redirects: bool = True
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if "{{" in value:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value
+
+
+class HttpOutput(StepOutput):
+    status: int
+    headers: dict[str, str]
+    json_body: Any = Field(default=None, alias="json")
+    text: str | None = None
+    elapsed_ms: float
+
+
+def summarize(out: HttpOutput) -> str:
+    return f"HTTP {out.status} in {out.elapsed_ms:.0f} ms"
+
+
+def _expected(status: int, expect: list[int] | None) -> bool:
+    return 200 <= status < 300 if expect is None else status in expect
+
+
+@step_task("http.request", HttpInput, HttpOutput, summarize=summarize)
+async def http_request(inputs: HttpInput) -> HttpOutput:
+    """Send one HTTP request; fail on an unexpected status code."""
+    started = time.perf_counter()
+    try:
+        async with httpx.AsyncClient(
+            verify=inputs.verify_tls,
+            follow_redirects=inputs.follow_redirects,
+            timeout=inputs.timeout_s,
+        ) as client:
+            response = await client.request(
+                inputs.method,
+                inputs.url,
+                headers=inputs.headers,
+                params=inputs.params or None,
+                json=inputs.json_body if inputs.body is None else None,
+                content=inputs.body,
+            )
+    except httpx.TimeoutException:
+        raise StepFailed(
+            f"{inputs.method} {inputs.url}: timed out after {inputs.timeout_s:g}s"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise StepFailed(f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}") from None
+    elapsed = round((time.perf_counter() - started) * 1000, 1)
+    content = response.content[:MAX_BODY]
+    parsed: Any = None
+    text: str | None = None
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            text = content.decode(errors="replace")
+    else:
+        text = content.decode(errors="replace")
+    out = HttpOutput(
+        status=response.status_code,
+        headers=dict(response.headers),
+        json=parsed,
+        text=text,
+        elapsed_ms=elapsed,
+    )
+    if not _expected(response.status_code, inputs.expect_status):
+        expected = (
+            "2xx" if inputs.expect_status is None else ", ".join(map(str, inputs.expect_status))
+        )
+        snippet = (text or json.dumps(parsed) or "")[:200].replace("\n", " ")
+        raise StepFailed(
+            f"{inputs.method} {inputs.url}: HTTP {response.status_code} (expected {expected})"
+            + (f": {snippet}" if snippet else "")
+        )
+    return out
