@@ -29,6 +29,7 @@ from ktlo.runbook import Runbook
 from ktlo.store import runs
 from ktlo.summary import markdown_summary, notification
 
+FLOW_NAME = "runbook"
 MAX_DEPTH = 8
 nesting: ContextVar[int] = ContextVar("ktlo_runbook_nesting", default=0)
 
@@ -70,11 +71,18 @@ def _artifact_key(name: str) -> str:
     return "runbook-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
 
 
-@flow(name="runbook", flow_run_name=_run_name, validate_parameters=False)
+@flow(name=FLOW_NAME, flow_run_name=_run_name, validate_parameters=False)
 async def runbook_flow(
     runbook: str, incident: dict[str, Any] | None = None, **params: Any
 ) -> dict[str, Any]:
     """Run one ktlo runbook; `runbook` is its name in the runbooks directory or a file path."""
+    return await execute_runbook(runbook, params, incident)
+
+
+async def execute_runbook(
+    runbook: str, params: dict[str, Any], incident: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The body of every runbook flow run (call it inside a flow)."""
     secrets.install_log_redaction()
     logger = get_run_logger()
     ctx = FlowRunContext.get()

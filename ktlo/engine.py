@@ -89,6 +89,7 @@ class Executor:
         self.info = info
         self.incident = incident
         self.deps = runbook.dependencies()
+        self.positions = {s.id: i for i, s in enumerate(runbook.steps)}
         self.outputs: dict[str, Any] = {}
         self.results: dict[str, StepRun] = {}
         self._env = template_env()
@@ -160,6 +161,7 @@ class Executor:
         record = StepRun(
             run_id=self.info.run_id,
             step_id=step.id,
+            position=self.positions[step.id],
             uses=step.uses,
             status=status,
             continued=status == "failed" and step.on_failure == "continue",

@@ -24,15 +24,17 @@ class ParameterError(KtloError):
     pass
 
 
-def _field(spec: Parameter) -> tuple[Any, Any]:
+def field_spec(spec: Parameter) -> tuple[Any, Any]:
+    """The Python type and pydantic FieldInfo of one declared parameter."""
     py_type: Any = _PY_TYPES[spec.type]
     if spec.enum:
         py_type = Literal[tuple(spec.enum)]
     constraints: dict[str, Any] = {}
+    number = int if spec.type == "integer" else float
     if spec.minimum is not None:
-        constraints["ge"] = spec.minimum
+        constraints["ge"] = number(spec.minimum)
     if spec.maximum is not None:
-        constraints["le"] = spec.maximum
+        constraints["le"] = number(spec.maximum)
     if spec.pattern is not None:
         constraints["pattern"] = spec.pattern
     default = ... if spec.is_required else spec.default
@@ -44,7 +46,7 @@ def _field(spec: Parameter) -> tuple[Any, Any]:
 
 
 def params_model(runbook: Runbook) -> type[BaseModel]:
-    fields = {name: _field(spec) for name, spec in runbook.parameters.items()}
+    fields = {name: field_spec(spec) for name, spec in runbook.parameters.items()}
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         f"Params_{runbook.name.replace('-', '_')}",
         __config__=ConfigDict(extra="forbid"),

@@ -198,7 +198,9 @@ class _Checker:
             self.add(loc, f"step '{step_id}': template syntax error: {exc.message}")
             return
         if analysis.dynamic_secrets:
-            self.add(loc, f"step '{step_id}': secret() takes a literal name, like secret('orders-dsn')")
+            self.add(
+                loc, f"step '{step_id}': secret() takes a literal name, like secret('orders-dsn')"
+            )
         for ref in analysis.references:
             message = self.reference_problem(ref, step_id)
             if message:

@@ -33,7 +33,7 @@ class ShellInput(StepInput):
     )
     shell: bool = False
     cwd: str | None = None
-    env: dict[str, str] = Field(
+    env: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="added to the inherited environment"
     )
     inherit_env: bool = True
@@ -139,7 +139,7 @@ async def run_command(inputs: ShellInput) -> ShellOutput:
         if inputs.inherit_env
         else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     )
-    env.update(inputs.env)
+    env.update({k: str(v) for k, v in inputs.env.items()})
     cwd = Path(inputs.cwd).expanduser() if inputs.cwd else None
     if cwd is not None and not cwd.is_dir():
         raise StepFailed(f"cwd {cwd} is not a directory")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ktlo.cli.common import console, fail, print_json
@@ -182,3 +184,36 @@ def register(app: typer.Typer) -> None:
     app.add_typer(server_app, name="server")
     app.command("approve")(approve)
     app.command("demo")(demo)
+    app.command("deployments")(deployments)
+
+
+def deployments(
+    write: bool = typer.Option(False, "--write", help="regenerate prefect.yaml"),
+    check: bool = typer.Option(False, "--check", help="exit 1 if prefect.yaml is stale"),
+    path: Path = typer.Option(
+        Path("prefect.yaml"), "--file", help="the prefect.yaml to write or check"
+    ),
+) -> None:
+    """Regenerate or check prefect.yaml: one deployment per runbook."""
+    from ktlo.deployments import generate
+
+    if write == check:
+        fail("give exactly one of --write or --check")
+    text, problems = generate()
+    for p in problems:
+        console.print(f"{p}", markup=False, soft_wrap=True)
+    if problems:
+        fail(
+            f"{len({p.path for p in problems})} runbook(s) are invalid and do not become deployments"
+        )
+    current = path.read_text(encoding="utf-8") if path.exists() else None
+    if check:
+        if current != text:
+            fail(f"{path} is stale: run `ktlo deployments --write`")
+        console.print(f"{path} is up to date")
+        return
+    if current == text:
+        console.print(f"{path} is up to date")
+        return
+    path.write_text(text, encoding="utf-8")
+    console.print(f"wrote {path}")

@@ -101,8 +101,9 @@ def history(
         console.print("no runs recorded yet")
         return
     table = Table(title="Run history", title_justify="left")
-    for col in ("run", "runbook", "status", "trigger", "started", "took", "steps", "error"):
-        table.add_column(col, overflow="fold")
+    for col in ("run", "runbook", "status", "trigger", "started", "took", "steps"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error", overflow="fold", ratio=1)
     for r, run_steps in details:
         table.add_row(
             r.id[:8],

@@ -151,28 +151,43 @@ def list_runbooks(
         console.print(f"[red]invalid:[/red] {_rel(p.path)}:{p.line}: {p.message}", soft_wrap=True)
 
 
+def _value_text(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = text.rstrip("\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _print_plan(rb: Any, values: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.tree import Tree
+
     from ktlo.plan import plan
 
-    console.print(f"[bold]Plan for runbook {rb.name}[/bold] (dry run: nothing is executed)")
+    steps = plan(rb, values)
+    tree = Tree(
+        f"[bold]Plan for runbook {rb.name}[/bold] [dim](dry run: nothing is executed)[/dim]"
+    )
     if values:
-        console.print(
-            "parameters: " + ", ".join(f"{k}={v!r}" for k, v in values.items()), markup=False
+        tree.add("parameters: " + escape(", ".join(f"{k}={v!r}" for k, v in values.items())))
+    for wave in sorted({p.wave for p in steps}):
+        in_wave = [p for p in steps if p.wave == wave]
+        label = f"[bold]wave {wave}[/bold]" + (
+            " [dim](in parallel)[/dim]" if len(in_wave) > 1 else ""
         )
-    table = Table(show_lines=True)
-    for col in ("wave", "step", "uses", "needs", "if", "inputs", "options"):
-        table.add_column(col, overflow="fold")
-    for p in plan(rb, values):
-        table.add_row(
-            str(p.wave),
-            p.id,
-            p.uses,
-            ", ".join(p.needs),
-            p.condition or "",
-            json.dumps(p.inputs, default=str, ensure_ascii=False)[:400],
-            p.options,
-        )
-    console.print(table)
+        branch = tree.add(label)
+        for p in in_wave:
+            head = f"[cyan]{p.id}[/cyan]  {p.uses}"
+            if p.needs:
+                head += f"  [dim]needs {', '.join(p.needs)}[/dim]"
+            if p.options:
+                head += f"  [yellow]{escape(p.options)}[/yellow]"
+            node = branch.add(head)
+            if p.condition:
+                node.add(f"if: {escape(p.condition)}")
+            inputs = p.inputs if isinstance(p.inputs, dict) else {"with": p.inputs}
+            for key, value in inputs.items():
+                node.add(f"[dim]{escape(str(key))}:[/dim] {escape(_value_text(value))}")
+    console.print(tree)
 
 
 def run(
@@ -198,7 +213,7 @@ def run(
     if dry_run:
         _print_plan(rb, values)
         return
-    result = execute(str(path.resolve()), values, quiet=as_json)
+    result = execute(rb, values, quiet=as_json)
     if as_json:
         print_json(result)
     else:
@@ -207,16 +222,26 @@ def run(
         raise typer.Exit(1)
 
 
-def execute(ref: str, values: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
-    """Run the runbook flow in this process against the Prefect API; returns the stored result."""
+def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
+    """Run the runbook's flow in this process against the Prefect API; returns the stored result.
+
+    Runbooks in the runbooks directory run as their own flow (typed parameters in the UI);
+    a runbook file elsewhere runs through the generic flow.
+    """
     from ktlo.prefect_local import ensure_api
+    from ktlo.settings import get_settings
 
     ensure_api(quiet=quiet)
+    from flows.catalog import flow_for
     from flows.runbook import runbook_flow
     from ktlo.store.runs import get_run, steps_of
 
     started = time.perf_counter()
-    state = asyncio.run(runbook_flow(runbook=ref, **values, return_state=True))
+    if rb.path is not None and rb.path.resolve().parent == get_settings().runbooks_dir:
+        call = flow_for(rb)(**values, return_state=True)
+    else:
+        call = runbook_flow(runbook=str(rb.path.resolve()), **values, return_state=True)
+    state = asyncio.run(call)
     flow_run_id = str(state.state_details.flow_run_id)
     run_record = get_run(flow_run_id)
     if run_record is None:
@@ -246,6 +271,11 @@ def execute(ref: str, values: dict[str, Any], *, quiet: bool = False) -> dict[st
     }
 
 
+def _first_line(text: str | None, limit: int = 120) -> str:
+    line = (text or "").strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def show_result(result: dict[str, Any]) -> None:
     table = Table(
         title=f"Runbook {result['runbook']}: {styled(result['status'])}", title_justify="left"
@@ -262,7 +292,7 @@ def show_result(result: dict[str, Any]) -> None:
             status,
             str(s["attempts"] or ""),
             "" if ms is None else (f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"),
-            (detail or "")[:200],
+            _first_line(detail),
         )
     console.print(table)
     if result["error"]:

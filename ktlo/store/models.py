@@ -49,6 +49,7 @@ class StepRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: str = Field(index=True, max_length=64)
     step_id: str = Field(max_length=128)
+    position: int = 0  # index of the step in the runbook
     uses: str = Field(max_length=128)
     status: str = Field(max_length=32)  # succeeded|failed|skipped|not_run
     continued: bool = False  # failed, but on_failure: continue

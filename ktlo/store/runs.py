@@ -94,7 +94,11 @@ def get_run(run_id: str) -> Run | None:
 def steps_of(run_id: str) -> list[StepRun]:
     with session() as s:
         return list(
-            s.exec(select(StepRun).where(StepRun.run_id == run_id).order_by(col(StepRun.id))).all()
+            s.exec(
+                select(StepRun)
+                .where(StepRun.run_id == run_id)
+                .order_by(col(StepRun.position), col(StepRun.id))
+            ).all()
         )
 
 
