@@ -237,6 +237,7 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
     from ktlo.store.runs import get_run, steps_of
 
     started = time.perf_counter()
+    call: Any
     if rb.path is not None and rb.path.resolve().parent == get_settings().runbooks_dir:
         call = flow_for(rb)(**values, return_state=True)
     else:
