@@ -39,6 +39,8 @@ def data_loc(data: Any, loc: Sequence[str | int]) -> Loc:
     out: list[str | int] = []
     node = data
     for part in loc:
+        if isinstance(part, int) and isinstance(node, dict):
+            continue  # a single mapping given where a list is accepted (`schedule:`)
         found = child(node, part)
         if found is MISSING:
             if isinstance(node, dict | list):
@@ -162,7 +164,8 @@ def find_runbook(ref: str, directory: Path | None = None) -> Path:
     directory = directory or get_settings().runbooks_dir
     for suffix in RUNBOOK_SUFFIXES:
         candidate = directory / f"{ref}{suffix}"
-        if candidate.is_file() and _name_of(candidate) == ref:
+        # An unparseable file named after the runbook is still "the" runbook: report its problems.
+        if candidate.is_file() and _name_of(candidate) in (ref, None):
             return candidate
     names: dict[str, Path] = {}
     for path in runbook_files(directory):

@@ -129,7 +129,7 @@ class Runbook(Model):
     name: Slug
     description: str = ""
     parameters: dict[str, Parameter] = Field(default_factory=dict)
-    schedule: Schedule | list[Schedule] | None = None
+    schedule: list[Schedule] = Field(default_factory=list)
     triggers: list[Trigger] = Field(default_factory=list)
     notify: Notify = Field(default_factory=Notify)
     tags: list[str] = Field(default_factory=list)
@@ -137,6 +137,14 @@ class Runbook(Model):
     steps: list[Step] = Field(min_length=1)
 
     _source: Source | None = PrivateAttr(default=None)
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """`schedule:` takes one schedule or a list of them."""
+        if value is None:
+            return []
+        return [value] if isinstance(value, dict) else value
 
     @field_validator("parameters")
     @classmethod
@@ -150,9 +158,7 @@ class Runbook(Model):
 
     @property
     def schedules(self) -> list[Schedule]:
-        if self.schedule is None:
-            return []
-        return self.schedule if isinstance(self.schedule, list) else [self.schedule]
+        return self.schedule
 
     @property
     def source(self) -> Source | None:

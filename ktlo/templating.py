@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -61,9 +61,22 @@ def expression_source(value: str | bool) -> str:
     return full_expression(value) or value
 
 
+def _defined(value: Any) -> Any:
+    """Expressions return StrictUndefined instead of raising; make that an error."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    if isinstance(value, list | tuple):
+        for item in value:
+            _defined(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _defined(item)
+    return value
+
+
 def evaluate(expr: str, context: Mapping[str, Any]) -> Any:
     try:
-        return _compiled_expression(expr)(**context)
+        return _defined(_compiled_expression(expr)(**context))
     except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
         raise TemplateError(f"{{{{ {expr} }}}}: {exc}") from None
     except KtloError:

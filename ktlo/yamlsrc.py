@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,20 @@ class Source:
     def problem(self, loc: Sequence[str | int], message: str) -> Problem:
         return Problem(self.path, self.line_of(loc), message)
 
+
+class RunbookLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false are booleans, so `id: no` or `on: off` stay strings."""
+
+
+RunbookLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RunbookLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 _MISSING = object()
 
@@ -73,7 +88,7 @@ def _index(
 def parse_yaml(text: str, path: str) -> Source:
     """Parse one YAML document; syntax errors and duplicate keys raise `RunbookInvalid`."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = RunbookLoader(text)
         try:
             node = loader.get_single_node()
             data = loader.construct_document(node) if node is not None else None

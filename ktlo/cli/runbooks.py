@@ -24,6 +24,10 @@ def _rel(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _problem_json(p: Problem) -> dict[str, Any]:
+    return {"path": _rel(p.path), "line": p.line, "message": p.message}
+
+
 def _expand(paths: list[Path]) -> list[Path]:
     from ktlo.loader import runbook_files
 
@@ -67,9 +71,7 @@ def validate(
         print_json(
             {
                 "valid": [_rel(v) for v in valid],
-                "problems": [
-                    {"path": _rel(p.path), "line": p.line, "message": p.message} for p in problems
-                ],
+                "problems": [_problem_json(p) for p in problems],
             }
         )
     else:
@@ -127,9 +129,7 @@ def list_runbooks(
                     }
                     for rb in runbooks
                 ],
-                "invalid": [
-                    {"path": _rel(p.path), "line": p.line, "message": p.message} for p in problems
-                ],
+                "invalid": [_problem_json(p) for p in problems],
             }
         )
         return
@@ -206,6 +206,9 @@ def run(
         path = find_runbook(ref)
         rb = load_runbook(path)
     except RunbookInvalid as exc:
+        if as_json:
+            print_json({"status": "invalid", "problems": [_problem_json(p) for p in exc.problems]})
+            raise typer.Exit(1) from None
         for p in exc.problems:
             console.print(f"{_rel(p.path)}:{p.line}: {p.message}", markup=False, soft_wrap=True)
         fail(f"runbook {ref} is invalid; nothing was run")

@@ -1,0 +1,142 @@
+"""The audit trail is hash-chained: editing or deleting any row is detected and named."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ktlo import audit
+from ktlo.store.db import engine, reset_engines
+from tests.conftest import Home, require_service
+from tests.helpers import cli
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(
+    request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The ktlo store on the embedded SQLite default and on the real PostgreSQL."""
+    from ktlo.settings import reload_settings
+
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    require_service("PostgreSQL", 5432)
+    name = f"ktlo_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("KTLO_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/{name}")
+    reset_engines()
+    reload_settings()
+    try:
+        yield "postgres"
+    finally:
+        reset_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _fill(n: int) -> None:
+    for i in range(n):
+        audit.record(
+            "test.event", f"thing-{i}", details={"i": i, "note": "ünïcode ✓"}, actor="tester"
+        )
+
+
+def test_untouched_trail_verifies(store: str) -> None:
+    _fill(5)
+    verdict = audit.verify()
+    assert verdict.ok, verdict.message
+    assert verdict.rows == 5
+
+
+def test_edited_row_is_named(store: str) -> None:
+    _fill(5)
+    with engine().begin() as conn:
+        conn.execute(text("UPDATE ktlo_audit SET subject = 'forged' WHERE id = 3"))
+    verdict = audit.verify()
+    assert not verdict.ok
+    assert verdict.bad_row == 3
+    assert "audit row 3 was modified" in verdict.message
+
+
+def test_edited_details_are_detected(store: str) -> None:
+    _fill(3)
+    with engine().begin() as conn:
+        conn.execute(text("""UPDATE ktlo_audit SET details = '{"i": 99}' WHERE id = 2"""))
+    assert audit.verify().bad_row == 2
+
+
+def test_deleted_row_is_named(store: str) -> None:
+    _fill(5)
+    with engine().begin() as conn:
+        conn.execute(text("DELETE FROM ktlo_audit WHERE id = 2"))
+    verdict = audit.verify()
+    assert not verdict.ok
+    assert verdict.bad_row == 2
+    assert "missing" in verdict.message
+
+
+def test_deleted_newest_row_is_detected(store: str) -> None:
+    _fill(4)
+    with engine().begin() as conn:
+        conn.execute(text("DELETE FROM ktlo_audit WHERE id = 4"))
+    verdict = audit.verify()
+    assert not verdict.ok
+    assert "4" in verdict.message
+
+
+def test_rewritten_chain_without_the_key_is_detected(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ktlo.settings import reload_settings
+
+    monkeypatch.setenv("KTLO_AUDIT_KEY", "k3y-only-the-operator-has")
+    reload_settings()
+    _fill(3)
+    assert audit.verify().ok
+    monkeypatch.delenv("KTLO_AUDIT_KEY")
+    reload_settings()
+    assert not audit.verify().ok  # plain SHA-256 cannot reproduce the keyed chain
+
+
+def test_concurrent_appends_keep_the_chain(store: str) -> None:
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(15):
+                audit.record("test.concurrent", f"w{k}-{i}", actor=f"worker-{k}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    verdict = audit.verify()
+    assert verdict.ok, verdict.message
+    assert verdict.rows == 90
+
+
+def test_cli_audit_verify_exit_codes(home: Home) -> None:
+    _fill(3)
+    ok = cli("audit", "verify", env=home.env)
+    assert ok.returncode == 0, ok.stderr
+    assert "intact: 3 rows" in ok.stdout
+    with engine().begin() as conn:
+        conn.execute(text("UPDATE ktlo_audit SET actor = 'mallory' WHERE id = 2"))
+    bad = cli("audit", "verify", env=home.env)
+    assert bad.returncode == 1
+    assert "audit row 2 was modified" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr
