@@ -12,6 +12,7 @@ class StepContext:
     runbook: str
     step_id: str
     flow_run_id: str | None = None
+    url: str | None = None  # the flow run in the Prefect UI
     attempts: int = 0
     notes: list[str] = field(default_factory=list)
 

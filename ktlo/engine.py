@@ -209,6 +209,7 @@ class Executor:
             runbook=self.rb.name,
             step_id=step.id,
             flow_run_id=self.info.flow_run_id,
+            url=self.info.url,
         )
         token = current_step.set(sctx)
         try:

@@ -20,11 +20,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from ktlo.cli import admin, history, runbooks
+    """Every module of this package with a `register(app)` adds its commands."""
+    import importlib
+    import pkgutil
 
-    runbooks.register(app)
-    history.register(app)
-    admin.register(app)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"ktlo.cli.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
 
 
 _register()

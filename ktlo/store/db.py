@@ -89,8 +89,22 @@ def _safe_url(url: str) -> str:
         return "(unparseable URL)"
 
 
+def _import_table_modules() -> None:
+    """Import every module of `ktlo.store` so each domain's tables are registered."""
+    import importlib
+    import pkgutil
+
+    import ktlo.store
+
+    for info in pkgutil.iter_modules(ktlo.store.__path__):
+        if info.name != "db":
+            importlib.import_module(f"ktlo.store.{info.name}")
+
+
 def _migrate(eng: Engine) -> None:
-    from ktlo.store.models import utcnow  # importing the models registers the tables
+    from ktlo.store.models import utcnow
+
+    _import_table_modules()
 
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
