@@ -18,21 +18,26 @@ import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Table, insert, select, text, update
+from sqlmodel import Session, col
+from sqlmodel import select as orm_select
 
 from ktlo import secrets
 from ktlo.settings import get_settings
-from ktlo.store.db import session
+from ktlo.store.db import engine, session
 from ktlo.store.models import AuditEvent, AuditHead, utcnow
 
 GENESIS = "0" * 64
+_EVENTS: Table = AuditEvent.__table__  # type: ignore[attr-defined]
+_HEAD: Table = AuditHead.__table__  # type: ignore[attr-defined]
 _ADVISORY_KEY = 7352002
 
 
+@lru_cache(maxsize=1)
 def default_actor() -> str:
     try:
         user = getpass.getuser()
@@ -69,9 +74,8 @@ def _content(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _lock(s: Session) -> None:
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+def _connection(target: Session | Connection) -> Connection:
+    return target.connection() if isinstance(target, Session) else target
 
 
 def record(
@@ -81,45 +85,54 @@ def record(
     details: dict[str, Any] | None = None,
     run_id: str | None = None,
     actor: str | None = None,
-    s: Session | None = None,
+    s: Session | Connection | None = None,
 ) -> AuditEvent:
-    """Append one event. Details are redacted and must be JSON-serialisable."""
+    """Append one event, inside the caller's transaction when given one (`s`).
+
+    Details are redacted and must be JSON-serialisable.
+    """
     clean = json.loads(json.dumps(secrets.redact(details or {}), default=str))
+    subject = secrets.redact(subject)
     if s is not None:
-        return _append(s, action, secrets.redact(subject), clean, run_id, actor)
-    with session() as own:
-        return _append(own, action, secrets.redact(subject), clean, run_id, actor)
+        return _append(_connection(s), action, subject, clean, run_id, actor)
+    with engine().begin() as conn:
+        return _append(conn, action, subject, clean, run_id, actor)
 
 
 def _append(
-    s: Session,
+    conn: Connection,
     action: str,
     subject: str,
     details: dict[str, Any],
     run_id: str | None,
     actor: str | None,
 ) -> AuditEvent:
-    _lock(s)
-    head = s.get(AuditHead, 1)
-    if head is None:
-        head = AuditHead(id=1, last_id=0, last_hash=GENESIS)
-        s.add(head)
+    """Core statements, not the ORM: this runs once per step and per event, on the hot path."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    head = conn.execute(select(_HEAD.c.last_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1)).first()
+    last_id, last_hash = (head[0], head[1]) if head else (0, GENESIS)
     event = AuditEvent(
-        id=head.last_id + 1,
+        id=last_id + 1,
         ts=utcnow(),
         actor=actor or default_actor(),
         action=action,
         subject=subject,
         run_id=run_id,
         details=details,
-        prev_hash=head.last_hash,
+        prev_hash=last_hash,
         hash="",
     )
     event.hash = _digest(event.prev_hash, _content(event))
-    s.add(event)
-    head.last_id, head.last_hash = event.id, event.hash
-    s.add(head)
-    s.flush()
+    conn.execute(
+        insert(_EVENTS).values(**{c.name: getattr(event, c.name) for c in _EVENTS.columns})
+    )
+    if head:
+        conn.execute(
+            update(_HEAD).where(_HEAD.c.id == 1).values(last_id=event.id, last_hash=event.hash)
+        )
+    else:
+        conn.execute(insert(_HEAD).values(id=1, last_id=event.id, last_hash=event.hash))
     return event
 
 
@@ -174,7 +187,7 @@ def _iter_rows(s: Session, batch: int = 2000) -> Iterator[AuditEvent]:
     last = 0
     while True:
         rows = s.exec(
-            select(AuditEvent)
+            orm_select(AuditEvent)
             .where(col(AuditEvent.id) > last)
             .order_by(col(AuditEvent.id))
             .limit(batch)
@@ -189,7 +202,7 @@ def events(
     *, run_id: str | None = None, action_prefix: str | None = None, limit: int = 200
 ) -> list[AuditEvent]:
     with session() as s:
-        query = select(AuditEvent)
+        query = orm_select(AuditEvent)
         if run_id:
             query = query.where(AuditEvent.run_id == run_id)
         if action_prefix:

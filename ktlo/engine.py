@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -68,6 +69,16 @@ class Outcome:
         return f"step '{first.step_id}' failed: {first.error}"
 
 
+@lru_cache(maxsize=1024)
+def _configured_task(
+    task: Any, name: str, retries: int, delay: float, timeout: float | None
+) -> Any:
+    """A step's task with its run name and policies (building a Task is not free: cache it)."""
+    return task.with_options(
+        task_run_name=name, retries=retries, retry_delay_seconds=delay, timeout_seconds=timeout
+    )
+
+
 def _input_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -119,17 +130,24 @@ class Executor:
         running: dict[asyncio.Task[StepRun], Step] = {}
         aborted_by: str | None = None
         while pending or running:
-            if aborted_by is None:
-                for step in list(pending):
-                    if all(d in self.results for d in self.deps[step.id]):
-                        pending.remove(step)
-                        running[asyncio.create_task(self._execute(step), name=step.id)] = step
-            if not running:
-                break
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for finished in done:
-                step = running.pop(finished)
-                result = finished.result()
+            ready = (
+                []
+                if aborted_by
+                else [s for s in pending if all(d in self.results for d in self.deps[s.id])]
+            )
+            for step in ready:
+                pending.remove(step)
+            if len(ready) == 1 and not running:
+                # A chain: await the step inline, as a hand-written flow would.
+                finished_steps = [(ready[0], await self._execute(ready[0]))]
+            else:
+                for step in ready:
+                    running[asyncio.create_task(self._execute(step), name=step.id)] = step
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                finished_steps = [(running.pop(task), task.result()) for task in done]
+            for step, result in finished_steps:
                 self.results[step.id] = result
                 if result.status == "failed" and not result.continued and aborted_by is None:
                     aborted_by = step.id
@@ -198,11 +216,8 @@ class Executor:
             return self._record(
                 step, "failed", started=started, error=secrets.redact(_input_error(exc))
             )
-        task = step_type.task.with_options(
-            task_run_name=step.id,
-            retries=step.retries,
-            retry_delay_seconds=step.retry_delay_s,
-            timeout_seconds=step.timeout_s,
+        task = _configured_task(
+            step_type.task, step.id, step.retries, step.retry_delay_s, step.timeout_s
         )
         sctx = StepContext(
             run_id=self.info.run_id,

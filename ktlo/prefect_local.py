@@ -77,6 +77,11 @@ def running() -> ServerInfo | None:
 
 
 def _alive(pid: int) -> bool:
+    try:  # reap it if it is our own child that exited, or it lingers as a zombie
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

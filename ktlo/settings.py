@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -27,17 +27,17 @@ class Settings(BaseSettings):
         default=None, description="optional HMAC key for the audit chain (else plain SHA-256)"
     )
 
-    @property
+    @cached_property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 
-    @property
+    @cached_property
     def store_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.home_dir / 'ktlo.db'}"
 
-    @property
+    @cached_property
     def runbooks_dir(self) -> Path:
         return self.runbooks.expanduser().resolve()
 

@@ -36,7 +36,10 @@ class Source:
         return Problem(self.path, self.line_of(loc), message)
 
 
-class RunbookLoader(yaml.SafeLoader):
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
+
+
+class RunbookLoader(_BaseLoader):  # type: ignore[valid-type,misc]
     """YAML 1.2 booleans: only true/false are booleans, so `id: no` or `on: off` stay strings."""
 
 

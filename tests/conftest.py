@@ -59,12 +59,25 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield info.api_url
     finally:
+        _drain_prefect_workers()
         os.environ["KTLO_HOME"] = str(home)
         reload_settings()
         prefect_local.stop()
         if previous_home is None:
             os.environ.pop("KTLO_HOME", None)
         reload_settings()
+
+
+def _drain_prefect_workers() -> None:
+    """Send queued logs and events before the server goes away (no noise at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:  # noqa: S110 - best effort at teardown
+            pass
 
 
 @dataclass

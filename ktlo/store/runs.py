@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_
+from sqlalchemy import Table, and_, insert
 from sqlmodel import col, func, select
 
 from ktlo import audit, secrets
-from ktlo.store.db import session
+from ktlo.store.db import engine, session
 from ktlo.store.models import Run, StepRun, utcnow
 
 FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed")
@@ -47,11 +47,14 @@ def start_run(
 
 
 def record_step(step: StepRun) -> None:
+    """Store a finished step and its audit event in one transaction (Core: a hot path)."""
     step.summary = secrets.redact(step.summary)
     step.error = secrets.redact(step.error)
     step.output = secrets.redact(step.output)
-    with session() as s:
-        s.add(step)
+    table: Table = StepRun.__table__  # type: ignore[attr-defined]
+    values = {c.name: getattr(step, c.name) for c in table.columns if c.name != "id"}
+    with engine().begin() as conn:
+        conn.execute(insert(table).values(**values))
         audit.record(
             f"step.{step.status}",
             step.step_id,
@@ -64,7 +67,7 @@ def record_step(step: StepRun) -> None:
                 "summary": step.summary,
                 "error": step.error,
             },
-            s=s,
+            s=conn,
         )
 
 

@@ -1,0 +1,97 @@
+"""Health-check state and alert history (written by `health.sweep`, read by `ktlo status`).
+
+A check is keyed by `runbook/step/name`, so two runbooks (or two sweep steps) with a check
+of the same name keep separate state. Rows hold redacted data only: never a DSN or a URL
+with credentials, only the check's credential-free target.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text
+from sqlmodel import Field, SQLModel, col, select
+
+from ktlo.store.db import session
+from ktlo.store.models import utcnow
+
+
+def check_key(runbook: str, step_id: str, name: str) -> str:
+    return f"{runbook}/{step_id}/{name}"
+
+
+class CheckState(SQLModel, table=True):
+    """The current alert state of one check and its last result."""
+
+    __tablename__ = "ktlo_check_state"
+
+    key: str = Field(primary_key=True, max_length=512)
+    runbook: str = Field(index=True, max_length=128)
+    step_id: str = Field(max_length=128)
+    name: str = Field(max_length=200)
+    check_type: str = Field(max_length=16)
+    target: str = Field(default="", sa_column=Column(Text))
+
+    state: str = Field(default="OK", max_length=16)  # OK | DEGRADED | FAILING
+    since: datetime = Field(default_factory=utcnow)
+    streak_since: datetime | None = None
+    fail_streak: int = 0
+    bad_streak: int = 0
+    ok_streak: int = 0
+    good_streak: int = 0
+    alerted: bool = False
+    last_notified_at: datetime | None = None
+
+    last_checked_at: datetime = Field(default_factory=utcnow)
+    last_health: str = Field(default="ok", max_length=16)  # ok | degraded | failing
+    last_duration_ms: float | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_conditions: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    suppressed: str | None = Field(default=None, sa_column=Column(Text))
+    last_run_id: str | None = Field(default=None, max_length=64)
+    last_url: str | None = Field(default=None, max_length=512)
+
+    remediation_runbook: str | None = Field(default=None, max_length=128)
+    remediation_run_id: str | None = Field(default=None, max_length=64)
+    remediation_status: str | None = Field(default=None, max_length=32)
+    remediation_error: str | None = Field(default=None, sa_column=Column(Text))
+    remediation_started_at: datetime | None = None
+
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class CheckEvent(SQLModel, table=True):
+    """A transition or notification of a check: the alert history."""
+
+    __tablename__ = "ktlo_check_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True, max_length=512)
+    runbook: str = Field(max_length=128)
+    name: str = Field(max_length=200)
+    ts: datetime = Field(default_factory=utcnow, index=True)
+    from_state: str = Field(max_length=16)
+    to_state: str = Field(max_length=16)
+    notice: str | None = Field(default=None, max_length=16)  # failing|degraded|resolved|reminder
+    suppressed: str | None = Field(default=None, sa_column=Column(Text))
+    sent_to: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    failed_to: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    run_id: str | None = Field(default=None, max_length=64)
+    title: str | None = Field(default=None, sa_column=Column(Text))
+
+
+def current_states(runbook: str | None = None) -> list[CheckState]:
+    with session() as s:
+        query = select(CheckState)
+        if runbook:
+            query = query.where(CheckState.runbook == runbook)
+        return list(s.exec(query.order_by(col(CheckState.key))).all())
+
+
+def recent_events(key: str | None = None, limit: int = 50) -> list[CheckEvent]:
+    with session() as s:
+        query = select(CheckEvent)
+        if key:
+            query = query.where(CheckEvent.key == key)
+        return list(s.exec(query.order_by(col(CheckEvent.id).desc()).limit(limit)).all())
