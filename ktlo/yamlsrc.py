@@ -36,7 +36,9 @@ class Source:
         return Problem(self.path, self.line_of(loc), message)
 
 
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
+_BaseLoader: type[yaml.SafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)  # libyaml when present
 
 
 class RunbookLoader(_BaseLoader):  # type: ignore[valid-type,misc]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import textwrap
@@ -74,10 +75,8 @@ def _drain_prefect_workers() -> None:
     from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
-        try:
+        with contextlib.suppress(Exception):  # best effort at teardown
             worker.drain_all(timeout=5)
-        except Exception:  # noqa: S110 - best effort at teardown
-            pass
 
 
 @dataclass
