@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from prefect import Flow, flow
 from prefect.runtime import flow_run as runtime_flow_run
 
-from flows.runbook import FLOW_NAME, execute_runbook
+from flows.runbook import END_HOOKS, FLOW_NAME, execute_runbook
 from ktlo.deployments import attribute_name
 from ktlo.loader import load_all
 from ktlo.params import field_spec
@@ -71,6 +71,7 @@ def build_flow(rb: Runbook) -> Flow[Any, Any]:
     run.__name__ = run.__qualname__ = attribute_name(name)
     run.__doc__ = _docstring(rb)
     run.__module__ = __name__
+    run.__ktlo_runbook__ = name  # type: ignore[attr-defined]
 
     def run_name() -> str:
         return f"{name}-{runtime_flow_run.scheduled_start_time:%Y%m%d-%H%M%S}"
@@ -80,6 +81,7 @@ def build_flow(rb: Runbook) -> Flow[Any, Any]:
         flow_run_name=run_name,
         description=rb.description or None,
         validate_parameters=False,  # execute_runbook validates, records and explains
+        **END_HOOKS,
     )(run)
 
 

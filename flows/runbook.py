@@ -71,7 +71,31 @@ def _artifact_key(name: str) -> str:
     return "runbook-" + re.sub(r"[^a-z0-9-]", "-", name.lower())
 
 
-@flow(name=FLOW_NAME, flow_run_name=_run_name, validate_parameters=False)
+def _mark_ended(status: str) -> Any:
+    """A flow hook closing ktlo's record of a run that crashed or was cancelled.
+
+    For served runs Prefect runs these hooks in the serving process, so they fire even when
+    the run's own process was killed.
+    """
+
+    def hook(_flow: Any, flow_run: Any, state: Any) -> None:
+        record = runs.get_run(str(flow_run.id))
+        if record is not None and record.status == "running":
+            runs.finish_run(
+                record.id, status, error=f"{state.name}: {state.message or ''}".strip(": ")
+            )
+
+    hook.__name__ = f"ktlo_mark_{status}"
+    return hook
+
+
+END_HOOKS: dict[str, Any] = {
+    "on_crashed": [_mark_ended("crashed")],
+    "on_cancellation": [_mark_ended("cancelled")],
+}
+
+
+@flow(name=FLOW_NAME, flow_run_name=_run_name, validate_parameters=False, **END_HOOKS)
 async def runbook_flow(
     runbook: str, incident: dict[str, Any] | None = None, **params: Any
 ) -> dict[str, Any]:

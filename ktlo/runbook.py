@@ -133,7 +133,12 @@ class Runbook(Model):
     triggers: list[Trigger] = Field(default_factory=list)
     notify: Notify = Field(default_factory=Notify)
     tags: list[str] = Field(default_factory=list)
-    concurrency: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(
+        default=None, ge=1, description="at most this many runs at once, across all workers"
+    )
+    retry_crashed: int = Field(
+        default=0, ge=0, le=10, description="start a new run when a run's process died"
+    )
     steps: list[Step] = Field(min_length=1)
 
     _source: Source | None = PrivateAttr(default=None)

@@ -66,7 +66,7 @@ def test_approve_from_the_cli(home: Home, prefect_api: str) -> None:
     assert refused.returncode == 1
     assert "mallory may not decide" in refused.stderr
     ok = cli(
-        "approve", pending.flow_run_id[:8], "--as", "alice", "-m", "change CHG-42", env=home.env
+        "approve", pending.flow_run_id[-12:], "--as", "alice", "-m", "change CHG-42", env=home.env
     )
     assert ok.returncode == 0, ok.stderr
     out, err = proc.communicate(timeout=120)

@@ -45,7 +45,7 @@ def test_run_succeeds_and_history_shows_it(home: Home, prefect_api: str, tmp_pat
     assert [s["id"] for s in run["steps"]] == ["create", "report"]
     listed = json.loads(cli("list", "--json", env=home.env).stdout)
     assert listed["runbooks"][0]["last_run"]["status"] == "succeeded"
-    one = cli("history", run["id"][:8], env=home.env)
+    one = cli("history", run["id"][-12:], env=home.env)
     assert one.returncode == 0
     assert "create" in one.stdout
 

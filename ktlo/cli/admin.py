@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ktlo.cli.common import console, fail, print_json
+from ktlo.cli.common import console, fail, matches_id, print_json
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 server_app = typer.Typer(
@@ -47,7 +47,7 @@ def audit_show(
     from rich.table import Table
 
     from ktlo.audit import events
-    from ktlo.cli.common import iso
+    from ktlo.cli.common import iso, short_id
 
     rows = events(run_id=run_id, limit=limit)
     if as_json:
@@ -78,7 +78,9 @@ def audit_show(
 
 
 def approve(
-    run_id: str = typer.Argument(..., help="the paused flow run (id or prefix)"),
+    run_id: str = typer.Argument(
+        ..., help="the paused flow run (its id, or the start or end of it)"
+    ),
     reject: bool = typer.Option(False, "--reject", help="reject instead of approve"),
     comment: str = typer.Option("", "--comment", "-m", help="why (goes to the audit trail)"),
     as_user: str = typer.Option(None, "--as", help="decide as this approver (default: user@host)"),
@@ -87,7 +89,7 @@ def approve(
     from ktlo import approvals
     from ktlo.audit import default_actor
 
-    waiting = [a for a in approvals.pending() if a.flow_run_id.startswith(run_id)]
+    waiting = [a for a in approvals.pending() if matches_id(a.flow_run_id, run_id)]
     if not waiting:
         others = ", ".join(
             f"{a.flow_run_id} ({a.runbook}/{a.step_id})" for a in approvals.pending()[:5]

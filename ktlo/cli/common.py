@@ -65,3 +65,13 @@ def duration(start: datetime | None, end: datetime | None) -> str:
         return ""
     seconds = (end - start).total_seconds()
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def short_id(run_id: str) -> str:
+    """Prefect's flow run ids are time-ordered (UUIDv7): their random tail tells runs apart."""
+    return run_id[-12:]
+
+
+def matches_id(run_id: str, ref: str) -> bool:
+    ref = ref.strip().lower()
+    return bool(ref) and (run_id.startswith(ref) or run_id.endswith(ref))

@@ -7,7 +7,17 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.cli.common import ago, console, duration, fail, iso, print_json, styled
+from ktlo.cli.common import (
+    ago,
+    console,
+    duration,
+    fail,
+    iso,
+    matches_id,
+    print_json,
+    short_id,
+    styled,
+)
 
 
 def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:
@@ -54,7 +64,9 @@ def _tally(steps: list[Any]) -> str:
 
 
 def history(
-    run_id: str = typer.Argument(None, help="show one run's steps (a prefix of its id is enough)"),
+    run_id: str = typer.Argument(
+        None, help="show one run's steps (the start or the end of its id is enough)"
+    ),
     runbook: str = typer.Option(None, "--runbook", "-r", help="only this runbook"),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="how many runs"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
@@ -64,7 +76,7 @@ def history(
 
     runs = recent_runs(runbook, limit=limit if not run_id else 10_000)
     if run_id:
-        runs = [r for r in runs if r.id.startswith(run_id)]
+        runs = [r for r in runs if matches_id(r.id, run_id)]
         if not runs:
             fail(f"no run with id {run_id}")
         runs = runs[:1]
@@ -106,7 +118,7 @@ def history(
     table.add_column("error", overflow="fold", ratio=1)
     for r, run_steps in details:
         table.add_row(
-            r.id[:8],
+            short_id(r.id),
             r.runbook,
             styled(r.status),
             r.trigger,

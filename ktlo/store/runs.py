@@ -11,7 +11,7 @@ from ktlo import audit, secrets
 from ktlo.store.db import engine, session
 from ktlo.store.models import Run, StepRun, utcnow
 
-FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed")
+FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed", "cancelled")
 
 
 def start_run(
