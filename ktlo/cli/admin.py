@@ -72,7 +72,7 @@ def audit_show(
         table.add_column(col)
     for e in reversed(rows):
         table.add_row(
-            str(e.id), iso(e.ts) or "", e.actor, e.action, e.subject, (e.run_id or "")[:8]
+            str(e.id), iso(e.ts) or "", e.actor, e.action, e.subject, short_id(e.run_id or "")
         )
     console.print(table)
 
