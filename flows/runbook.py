@@ -78,12 +78,13 @@ def _mark_ended(status: str) -> Any:
     the run's own process was killed.
     """
 
-    def hook(_flow: Any, flow_run: Any, state: Any) -> None:
+    async def hook(flow: Any, flow_run: Any, state: Any) -> None:
+        from ktlo.crashes import close_run
+
         record = runs.get_run(str(flow_run.id))
         if record is not None and record.status == "running":
-            runs.finish_run(
-                record.id, status, error=f"{state.name}: {state.message or ''}".strip(": ")
-            )
+            error = f"{state.name}: {state.message}" if state.message else str(state.name)
+            await close_run(record, flow_run, status, error)
 
     hook.__name__ = f"ktlo_mark_{status}"
     return hook

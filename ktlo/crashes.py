@@ -86,8 +86,6 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    from ktlo.store import runs
-
     changed: list[tuple[str, str]] = []
     stale = _stale_runs(min_age_s)
     if not stale:
@@ -105,11 +103,18 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
             message = f"flow run ended as {state.name}" + (
                 f": {state.message}" if state.message else ""
             )
-            runs.finish_run(run.id, status, error=None if status == "succeeded" else message)
+            await close_run(run, flow_run, status, None if status == "succeeded" else message)
             changed.append((run.id, status))
-            if status == "crashed":
-                await _maybe_retry(run, flow_run)
     return changed
+
+
+async def close_run(run: Run, flow_run: Any, status: str, error: str | None) -> None:
+    """Record how a run ended outside its own process; retry it if it crashed and may be."""
+    from ktlo.store import runs
+
+    runs.finish_run(run.id, status, error=error)
+    if status == "crashed":
+        await _maybe_retry(run, flow_run)
 
 
 async def _maybe_retry(run: Run, flow_run: Any) -> None:

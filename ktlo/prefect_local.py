@@ -69,9 +69,18 @@ def read_info() -> ServerInfo | None:
         return None
 
 
+def _serves(info: ServerInfo, timeout: float = 1.0) -> bool:
+    """The server answering on the port is ours (several ktlo homes may run servers)."""
+    try:
+        response = httpx.get(f"{info.api_url}/admin/settings", timeout=timeout)
+        return response.status_code == 200 and response.json().get("home") == info.home
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
 def running() -> ServerInfo | None:
     info = read_info()
-    if info is not None and _alive(info.pid) and healthy(info.api_url):
+    if info is not None and _alive(info.pid) and _serves(info):
         return info
     return None
 
@@ -91,8 +100,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
+def _free_port(preferred: int | None) -> int:
+    for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -130,15 +139,18 @@ def server_env(home: Path) -> dict[str, str]:
     return env
 
 
-def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
-    """Start the local server unless it is already up; returns where it listens."""
+def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo:
+    """Start the local server unless it is already up; returns where it listens.
+
+    `port` is tried first (the UI's usual 4200), else any free port; `None` for any free port.
+    """
     with _start_lock():
         info = running()
         if info is not None:
             return info
         home = prefect_home()
         home.mkdir(parents=True, exist_ok=True)
-        chosen = _free_port(port or DEFAULT_PORT)
+        chosen = _free_port(port)
         log_path = home / "server.log"
         if not quiet:
             print(
@@ -174,7 +186,7 @@ def start(port: int | None = None, *, quiet: bool = False) -> ServerInfo:
                     f"the local Prefect server exited (code {proc.returncode}); see {log_path}: "
                     + " | ".join(tail)
                 )
-            if healthy(info.api_url, timeout=0.5):
+            if _serves(info, timeout=0.5):
                 _state_file().write_text(
                     json.dumps({"pid": info.pid, "port": info.port, "home": info.home})
                 )

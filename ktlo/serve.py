@@ -155,7 +155,7 @@ class Server:
 
     def in_flight(self) -> int:
         manager = getattr(self.runner, "_process_manager", None)
-        return len(getattr(manager, "_processes", {}) or {})
+        return manager.flow_run_count() if manager is not None else 0
 
     async def shutdown(self) -> None:
         """Graceful: no new runs; runs in flight get `grace_s` to finish; then cancel the rest."""

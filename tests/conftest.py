@@ -50,7 +50,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     previous_home = os.environ.get("KTLO_HOME")
     os.environ["KTLO_HOME"] = str(home)
     reload_settings()
-    info = prefect_local.start(quiet=True)
+    info = prefect_local.start(port=None, quiet=True)  # any free port: sessions may overlap
     os.environ["PREFECT_API_URL"] = info.api_url
     prefect_local._apply_to_loaded_prefect(info.api_url)
     if previous_home is None:

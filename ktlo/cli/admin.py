@@ -135,7 +135,7 @@ def server_start(port: int = typer.Option(None, help="port (default 4200 or a fr
     """Start the local Prefect server (if it is not running)."""
     from ktlo import prefect_local
 
-    info = prefect_local.start(port)
+    info = prefect_local.start(port or prefect_local.DEFAULT_PORT)
     console.print(f"Prefect server running: UI {info.ui_url}  API {info.api_url}  (pid {info.pid})")
 
 

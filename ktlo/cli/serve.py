@@ -27,13 +27,7 @@ def serve(
     from ktlo.settings import get_settings
 
     api = ensure_api()
-    logging.getLogger("ktlo").setLevel(logging.INFO)
-    if not logging.getLogger("ktlo").handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
-        )
-        logging.getLogger("ktlo").addHandler(handler)
+    logging.getLogger("ktlo").setLevel(logging.INFO)  # Prefect's console handler prints it
     console.print(f"ktlo serve: runbooks {get_settings().runbooks_dir}, Prefect API {api}")
     console.print(f"Prefect UI: {api.removesuffix('/api')}  (Deployments → runbook/… → Run)")
     server = Server(ServeOptions(limit=limit, grace_s=grace, poll_s=poll))
