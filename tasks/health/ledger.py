@@ -27,6 +27,10 @@ from tasks.health.state import Health, Memory, Policy, Step, Suppression, advanc
 from tasks.health.windows import active_window
 
 _ADVISORY_NAMESPACE = 7352003
+# Remediation statuses worth an audit row: the start (or why not) and the final outcome.
+AUDITED_REMEDIATION = frozenset(
+    {"started", "not_deployed", "not_started", "completed", "failed", "crashed", "cancelled"}
+)
 
 
 @dataclass(frozen=True)
@@ -250,7 +254,7 @@ def finish(decisions: list[Decision], titles: dict[str, str]) -> None:
             row.remediation_status, row.remediation_started_at = r.status, r.started_at
             row.remediation_error = secrets.redact(r.error)
             s.add(row)
-            if changed:
+            if changed and r.status in AUDITED_REMEDIATION:
                 audit.record(
                     f"check.remediation_{r.status}",
                     d.key,

@@ -144,7 +144,9 @@ def describe_error(exc: BaseException) -> str:
         text = f"TLS error: {exc.reason or exc}"
     else:
         args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
-        pymysql_style = len(args) == 2 and isinstance(args[0], int)  # (2003, "Can't connect…")
+        pymysql_style = (  # (2003, "Can't connect…")
+            len(args) == 2 and isinstance(args[0], int) and not isinstance(exc, OSError)
+        )
         detail = str(args[1] if pymysql_style else exc).strip()
         detail = detail.removeprefix("connection failed: ")
         first = next((line.strip() for line in detail.splitlines() if line.strip()), "")

@@ -102,9 +102,9 @@ async def _act(decisions: list[Decision], scope: Scope, now: datetime) -> dict[s
             for d in starting
         )
     )
+    await remediation.refresh([d.remediation for d in decisions if d.remediation])
     for d, r in zip(starting, started, strict=True):
         d.remediation = r
-    await remediation.refresh([d.remediation for d in decisions if d.remediation])
 
     titles: dict[str, str] = {}
     sends = []
