@@ -1,0 +1,247 @@
+"""Byte plumbing shared by every kind: the hashing/encrypting sink, readers, tools, progress.
+
+Backups and restores are synchronous code run in a worker thread (so the CLI can call them
+directly and a step can run them off the event loop). Data flows in large chunks through
+pipes from/to the real tools (`tar`, `pg_dump`, `mariadb-dump`, ...); Python only hashes,
+compresses with the `zstandard` library (multi-threaded) and encrypts, so nothing is copied to
+a temporary place. Cancellation is a `threading.Event` checked between chunks, plus killing
+the tool's process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, BinaryIO, Protocol
+
+from ktlo import secrets
+from tasks.backup.crypto import Encryptor
+from tasks.backup.destinations import Writer
+from tasks.backup.model import BackupError
+
+READ_SIZE = 1 << 20
+
+
+class Cancelled(BackupError):
+    pass
+
+
+class Progress(Protocol):
+    """Told how far a long operation is; the CLI draws a bar, a flow run logs periodically."""
+
+    def start(self, description: str, total: int | None) -> None: ...
+    def advance(self, done: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
+
+
+@dataclass
+class Job:
+    """What a running backup/restore carries around: progress, cancellation, a heartbeat."""
+
+    progress: Progress = field(default_factory=NoProgress)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    heartbeat: Callable[[], None] | None = None
+    heartbeat_every_s: float = 15.0
+    _last_beat: float = field(default_factory=time.monotonic)
+    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+        if (
+            self.heartbeat is not None
+            and time.monotonic() - self._last_beat > self.heartbeat_every_s
+        ):
+            self._last_beat = time.monotonic()
+            self.heartbeat()
+
+    def adopt(self, proc: subprocess.Popen[bytes]) -> None:
+        self._processes.append(proc)
+
+    def kill_all(self) -> None:
+        for proc in self._processes:
+            kill_group(proc)
+
+
+class Sink:
+    """Where the stored bytes go: optional encryption, then sha256 and size, then the writer."""
+
+    def __init__(self, writer: Writer, encryptor: Encryptor | None, job: Job):
+        self._writer = writer
+        self._encryptor = encryptor
+        self._job = job
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.input_bytes = 0  # plaintext bytes before encryption (after compression)
+
+    def _store(self, data: bytes) -> None:
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+            self._writer.write(data)
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._job.check()
+        n = len(data)
+        if self._encryptor is not None:
+            self._store(self._encryptor.update(data))
+        else:
+            self._store(bytes(data) if isinstance(data, memoryview) else data)
+        return n
+
+    def close(self) -> None:
+        """Finish the stream (the final encrypted chunk). Idempotent."""
+        if self._encryptor is not None:
+            self._store(self._encryptor.finalize())
+            self._encryptor = None
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class CountingReader:
+    """Counts and reports bytes read from a file-like object; checks for cancellation."""
+
+    def __init__(self, raw: IO[bytes] | BinaryIO | Any, job: Job, hasher: Any = None):
+        self._raw = raw
+        self._job = job
+        self._hash = hasher
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self._job.check()
+        data: bytes = self._raw.read(size)
+        if self._hash is not None:
+            self._hash.update(data)
+        self.count += len(data)
+        self._job.progress.advance(self.count)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class Tool:
+    """A child process (own process group) whose stderr is collected on a thread."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        job: Job,
+        *,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ):
+        self.name = os.path.basename(argv[0])
+        try:
+            self.proc = subprocess.Popen(
+                list(argv),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise BackupError(f"'{argv[0]}' is not installed (or not on PATH)") from None
+        job.adopt(self.proc)
+        self._stderr = bytearray()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in iter(self.proc.stderr.readline, b""):
+            if len(self._stderr) < 64 * 1024:
+                self._stderr += line
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join(timeout=10)
+        return code
+
+    def stderr_lines(self, last: int = 5) -> list[str]:
+        text = secrets.redact(self._stderr.decode(errors="replace"))
+        return [line.strip() for line in text.strip().splitlines() if line.strip()][-last:]
+
+    def failure(self, code: int, what: str) -> BackupError:
+        detail = " | ".join(self.stderr_lines())
+        return BackupError(
+            f"{what}: {self.name} exited with {code}" + (f": {detail}" if detail else "")
+        )
+
+    def check(self, what: str, ok: Sequence[int] = (0,)) -> int:
+        code = self.wait()
+        if code not in ok:
+            raise self.failure(code, what)
+        return code
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+        with contextlib.suppress(Exception):
+            self.proc.wait(timeout=10)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def copy(reader: Any, write: Callable[[bytes], Any], job: Job, size: int = READ_SIZE) -> int:
+    """Pump a reader into a writer in large chunks; returns the byte count."""
+    total = 0
+    while True:
+        job.check()
+        chunk = reader.read(size)
+        if not chunk:
+            return total
+        write(chunk)
+        total += len(chunk)
+
+
+def compress(reader: Any, sink: Any, *, level: int = 3, threads: int = 0) -> None:
+    """zstd-compress everything `reader` yields into `sink` (with a content checksum).
+
+    `threads=-1` compresses on one worker per core (the output is still one standard frame),
+    while this thread keeps reading the source.
+    """
+    import zstandard
+
+    zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).copy_stream(
+        reader, sink, read_size=READ_SIZE, write_size=READ_SIZE
+    )
