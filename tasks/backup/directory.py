@@ -168,7 +168,9 @@ def restore_directory(
     if target.exists() and not target.is_dir():
         raise BackupError(f"target {target} exists and is not a directory")
     if target.is_dir() and not is_empty_dir(target) and not inputs.overwrite:
-        raise BackupError(f"target {target} is not empty (set overwrite: true to replace it)")
+        raise BackupError(
+            f"target {target} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
+        )
     with restoring(entry, str(target), run_id) as details:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.ktlo-restore-", dir=target.parent))

@@ -265,7 +265,7 @@ def restore_mariadb(
     exists = server.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", db)
     if exists and _tables(server, db) and not inputs.overwrite:
         raise BackupError(
-            f"target {server.label()} is not empty (set overwrite: true to replace it)"
+            f"target {server.label()} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
         )
     with restoring(entry, server.label(), run_id) as details:
         if exists:

@@ -287,7 +287,9 @@ def restore_postgres(
     )
     occupied = bool(exists) and int(server.execute(USER_RELATIONS, dbname=dbname) or 0) > 0
     if occupied and not inputs.overwrite:
-        raise BackupError(f"target {target} is not empty (set overwrite: true to replace it)")
+        raise BackupError(
+            f"target {target} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
+        )
     with restoring(entry, target, run_id) as details:
         if not exists:
             server.execute(f"CREATE DATABASE {_quote_ident(dbname)}", dbname=maintenance)

@@ -164,7 +164,9 @@ def restore_sqlite(
         raise BackupError(f"target {target} exists and is not a file")
     occupied = target.exists() and target.stat().st_size > 0
     if occupied and not inputs.overwrite:
-        raise BackupError(f"target {target} is not empty (set overwrite: true to replace it)")
+        raise BackupError(
+            f"target {target} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
+        )
     with restoring(entry, str(target), run_id) as details:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.ktlo-restore-{os.getpid()}")
