@@ -81,6 +81,10 @@ def _stale_runs(min_age_s: float) -> list[Run]:
         )
 
 
+def has_stale_runs(min_age_s: float = 10) -> bool:
+    return bool(_stale_runs(min_age_s))
+
+
 async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
     """Close ktlo records of runs that Prefect says are over; retry crashed ones if asked."""
     from prefect.client.orchestration import get_client

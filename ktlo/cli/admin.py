@@ -139,6 +139,19 @@ def server_start(port: int = typer.Option(None, help="port (default 4200 or a fr
     console.print(f"Prefect server running: UI {info.ui_url}  API {info.api_url}  (pid {info.pid})")
 
 
+@server_app.command("prepare")
+def server_prepare(pool: str = typer.Option("ktlo", help="work pool of the deployments")) -> None:
+    """Prepare the Prefect server: the process work pool and the zombie-run automation."""
+    import asyncio
+
+    from ktlo.prefect_local import ensure_api
+    from ktlo.prepare import prepare
+
+    api = ensure_api()
+    for line in asyncio.run(prepare(pool)):
+        console.print(f"{api}: {line}")
+
+
 @server_app.command("stop")
 def server_stop() -> None:
     """Stop the local Prefect server."""
@@ -174,6 +187,81 @@ def server_status(as_json: bool = typer.Option(False, "--json")) -> None:
         raise typer.Exit(1)
 
 
+def deploy(
+    file: Path = typer.Option(Path("prefect.yaml"), "--file", help="the generated prefect.yaml"),
+) -> None:
+    """Deploy every runbook to the Prefect server at PREFECT_API_URL (`prefect deploy --all`)."""
+    import os
+    import subprocess
+    import sys
+
+    from ktlo.deployments import generate
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        fail(
+            "PREFECT_API_URL is not set: `prefect deploy` would write the deployments into a "
+            "throwaway local database. Point it at your Prefect server, e.g. "
+            "PREFECT_API_URL=http://prefect.internal:4200/api ktlo deploy"
+        )
+    text, problems = generate()
+    for p in problems:
+        console.print(f"{p}", markup=False, soft_wrap=True)
+    if problems:
+        fail("invalid runbooks: fix them first (ktlo validate)")
+    if not file.exists() or file.read_text(encoding="utf-8") != text:
+        fail(f"{file} is stale: run `ktlo deployments --write` and commit it")
+    import asyncio
+
+    from ktlo.prepare import prepare
+
+    for line in asyncio.run(prepare()):
+        console.print(line)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "deploy",
+            "--all",
+            "--no-prompt",
+            "--prefect-file",
+            str(file),
+        ],
+        check=False,
+    )
+    if result.returncode:
+        fail(f"prefect deploy failed (exit {result.returncode})")
+
+
+def worker(
+    pool: str = typer.Option("ktlo", "--pool", help="the work pool to take runs from"),
+    name: str = typer.Option(None, "--name", help="worker name (default: Prefect picks one)"),
+    limit: int = typer.Option(None, "--limit", min=1, help="at most this many runs at once"),
+) -> None:
+    """Start a Prefect process worker for ktlo deployments, running flows from this checkout."""
+    import os
+    import sys
+
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("PREFECT_API_URL is not set: a worker needs the Prefect server it takes runs from")
+    project = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "KTLO_PROJECT_DIR": str(project),
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": os.environ.get(
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30"
+        ),
+    }
+    argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    if name:
+        argv += ["--name", name]
+    if limit:
+        argv += ["--limit", str(limit)]
+    os.chdir(project)
+    os.execve(sys.executable, argv, env)  # noqa: S606 - become the worker (signals reach it)
+
+
 def demo() -> None:
     """A self-contained tour on the embedded default."""
     from ktlo.cli.demo import run_demo
@@ -186,6 +274,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(server_app, name="server")
     app.command("approve")(approve)
     app.command("demo")(demo)
+    app.command("deploy")(deploy)
+    app.command("worker")(worker)
     app.command("deployments")(deployments)
 
 

@@ -63,6 +63,27 @@ def _tally(steps: list[Any]) -> str:
     return " ".join(f"{n}{marks.get(k, k)}" for k, n in counts.items())
 
 
+def reconcile_quietly() -> None:
+    """Before showing runs as running, ask Prefect whether they still are (crashed workers)."""
+    import asyncio
+    import os
+
+    from ktlo import prefect_local
+    from ktlo.crashes import has_stale_runs, reconcile
+
+    if not has_stale_runs():
+        return
+    if not os.environ.get("PREFECT_API_URL"):
+        info = prefect_local.running()
+        if info is None:
+            return
+        os.environ["PREFECT_API_URL"] = info.api_url
+    try:
+        asyncio.run(reconcile())
+    except Exception as exc:  # the history is still worth showing
+        console.print(f"[yellow]could not check running runs against Prefect: {exc}[/yellow]")
+
+
 def history(
     run_id: str = typer.Argument(
         None, help="show one run's steps (the start or the end of its id is enough)"
@@ -74,6 +95,7 @@ def history(
     """Past runs and their steps."""
     from ktlo.store.runs import recent_runs, steps_of
 
+    reconcile_quietly()
     runs = recent_runs(runbook, limit=limit if not run_id else 10_000)
     if run_id:
         runs = [r for r in runs if matches_id(r.id, run_id)]
