@@ -114,7 +114,7 @@ def backup_directory(
         except BaseException:
             proc.kill()
             raise
-        code = proc.check(f"archiving {root}", ok=(0, 1))
+        code = proc.check(ok=(0, 1))
         if code == 1:  # GNU tar: "some files differ" (changed while being read)
             warn(f"tar: files changed while being archived: {' | '.join(proc.stderr_lines())}")
         return reader.count

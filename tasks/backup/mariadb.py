@@ -211,7 +211,7 @@ def backup_mariadb(
             except BaseException:
                 proc.kill()
                 raise
-            proc.check(f"dumping {server.label()}")
+            proc.check()
         return reader.count
 
     return perform_backup(

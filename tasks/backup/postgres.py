@@ -167,7 +167,7 @@ def backup_postgres(
         except BaseException:
             proc.kill()
             raise
-        proc.check(f"dumping {server.label()}")
+        proc.check()
         return count
 
     spec = as_spec(inputs.destination)
@@ -194,7 +194,7 @@ def backup_postgres(
         except BaseException:
             proc.kill()
             raise
-        proc.check(f"dumping the globals of {server.label()}")
+        proc.check()
         return reader.count
 
     extra = perform_backup(
