@@ -16,9 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tests.conftest import Home
+from tests.conftest import Home, require_service
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
 def free_port() -> int:
@@ -297,3 +300,35 @@ def wait_for(predicate: Any, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return bool(predicate())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(
+    request: pytest.FixtureRequest, home: Home, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The ktlo store on the embedded SQLite default and on a fresh PostgreSQL database."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from ktlo.settings import reload_settings
+    from ktlo.store.db import reset_engines
+
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    require_service("PostgreSQL", 5432)
+    name = f"ktlo_health_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    monkeypatch.setenv("KTLO_DATABASE_URL", f"postgresql://postgres@127.0.0.1:5432/{name}")
+    reset_engines()
+    reload_settings()
+    try:
+        yield "postgres"
+    finally:
+        reset_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

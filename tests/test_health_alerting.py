@@ -20,9 +20,12 @@ from tests.health_helpers import (
     free_port,
     messages,
     service,
+    store,
     sweep_runbook,
     titles,
 )
+
+__all__ = ["store"]  # a fixture
 from tests.helpers import Receiver, cli
 
 
@@ -308,8 +311,9 @@ def test_degraded_when_only_warnings_fail(home: Home, run: Any, receiver: Receiv
 
 
 def test_concurrent_sweeps_notify_a_transition_once(
-    home: Home, prefect_api: str, receiver: Receiver
+    home: Home, store: str, prefect_api: str, receiver: Receiver
 ) -> None:
+    """Four flow runs of one sweep at once, on SQLite and on PostgreSQL."""
     from flows.runbook import runbook_flow
 
     path = sweep_runbook(

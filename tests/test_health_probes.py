@@ -33,12 +33,14 @@ class Probed:
         self.conditions = {c.condition: (c.ok, c.actual) for c in conditions}
 
 
-def probe(*checks: dict[str, Any], concurrency: int = 10) -> dict[str, Probed]:
+def probe(*checks: dict[str, Any], concurrency: int = 10, per_host: int = 10) -> dict[str, Probed]:
     """Probe checks the way a sweep does (one Prober, concurrently) and judge each."""
-    inputs = SweepInput.model_validate({"checks": list(checks), "concurrency": concurrency})
+    inputs = SweepInput.model_validate(
+        {"checks": list(checks), "concurrency": concurrency, "connections_per_host": per_host}
+    )
 
     async def go() -> list[Any]:
-        async with Prober(inputs.concurrency) as prober:
+        async with Prober(inputs.concurrency, inputs.connections_per_host) as prober:
             return await asyncio.gather(*(prober.observe(c) for c in inputs.checks))
 
     observations = asyncio.run(go())
@@ -211,6 +213,23 @@ def test_slow_endpoint_hits_its_timeout() -> None:
     assert got["slow"].error in ("timed out after 0.5s", "timed out")
     assert got["slow"].conditions["status >= 200"] == (False, "<no value>")
     assert got["fast"].health == "ok"
+
+
+def test_waiting_behind_a_hanging_target_is_not_a_timeout() -> None:
+    """With one connection per host, the fast check queues behind the slow one; its own
+    timeout only starts when it gets the connection."""
+    with service() as svc:
+        got = probe(
+            {"name": "slow", "type": "http", "url": f"{svc.url}/slow", "timeout_s": 1},
+            *(
+                {"name": f"fast-{i}", "type": "http", "url": f"{svc.url}/health", "timeout_s": 1}
+                for i in range(3)
+            ),
+            per_host=1,
+        )
+        assert got["slow"].error in ("timed out after 1s", "timed out")
+        for i in range(3):
+            assert got[f"fast-{i}"].health == "ok", got[f"fast-{i}"].error
 
 
 def test_hanging_targets_never_delay_the_sweep_beyond_their_timeout() -> None:

@@ -350,6 +350,9 @@ Check = Annotated[AnyCheck, Field(discriminator="type"), WrapValidator(_relocate
 class SweepInput(StepInput):
     checks: list[Check] = Field(min_length=1)
     concurrency: int = Field(default=100, ge=1, le=2000, description="probes in flight at once")
+    connections_per_host: int = Field(
+        default=10, ge=1, le=200, description="HTTP connections kept open to one origin"
+    )
     defaults: Annotated[CheckSettings | None, WrapValidator(_relocated_defaults)] = Field(
         default=None, description="common fields applied to every check that does not set them"
     )

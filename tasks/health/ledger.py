@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlmodel import Session, col, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, text, update
 
 from ktlo import audit, secrets
-from ktlo.store.db import session
+from ktlo.store.db import engine, session
 from ktlo.store.health import CheckEvent, CheckState, check_key
 from tasks.health.checks import CheckBase
 from tasks.health.results import ConditionOutcome, Remediation
@@ -27,6 +26,8 @@ from tasks.health.state import Health, Memory, Policy, Step, Suppression, advanc
 from tasks.health.windows import active_window
 
 _ADVISORY_NAMESPACE = 7352003
+STATE: Table = CheckState.__table__  # type: ignore[attr-defined]
+EVENT: Table = CheckEvent.__table__  # type: ignore[attr-defined]
 # Remediation statuses worth an audit row: the start (or why not) and the final outcome.
 AUDITED_REMEDIATION = frozenset(
     {"started", "not_deployed", "not_started", "completed", "failed", "crashed", "cancelled"}
@@ -83,63 +84,59 @@ def _order(judged: list[Judged]) -> list[Judged]:
         return judged
 
 
-def _memory(row: CheckState) -> Memory:
+def _memory(row: dict[str, Any]) -> Memory:
     return Memory(
-        state=row.state,  # type: ignore[arg-type]
-        since=row.since,
-        streak_since=row.streak_since,
-        fail_streak=row.fail_streak,
-        bad_streak=row.bad_streak,
-        ok_streak=row.ok_streak,
-        good_streak=row.good_streak,
-        alerted=row.alerted,
-        last_notified_at=row.last_notified_at,
+        state=row["state"],
+        since=row["since"],
+        streak_since=row["streak_since"],
+        fail_streak=row["fail_streak"],
+        bad_streak=row["bad_streak"],
+        ok_streak=row["ok_streak"],
+        good_streak=row["good_streak"],
+        alerted=row["alerted"],
+        last_notified_at=row["last_notified_at"],
     )
 
 
-def _lock(s: Session, scope: Scope) -> None:
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(
+def _lock(conn: Connection, scope: Scope) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(
             text("SELECT pg_advisory_xact_lock(:ns, hashtext(:scope))"),
             {"ns": _ADVISORY_NAMESPACE, "scope": f"{scope.runbook}/{scope.step_id}"},
         )
 
 
-def _remediation(row: CheckState) -> Remediation | None:
-    if row.remediation_runbook is None:
+def _remediation(row: dict[str, Any] | None) -> Remediation | None:
+    if row is None or row["remediation_runbook"] is None:
         return None
     return Remediation(
-        runbook=row.remediation_runbook,
-        status=row.remediation_status or "unknown",
-        flow_run_id=row.remediation_run_id,
-        started_at=row.remediation_started_at,
-        error=row.remediation_error,
+        runbook=row["remediation_runbook"],
+        status=row["remediation_status"] or "unknown",
+        flow_run_id=row["remediation_run_id"],
+        started_at=row["remediation_started_at"],
+        error=row["remediation_error"],
     )
 
 
 def record(scope: Scope, judged: list[Judged], now: datetime) -> list[Decision]:
-    """Advance every check's state with its result; returns the decisions in check order."""
+    """Advance every check's state with its result; returns the decisions in check order.
+
+    Core statements (one select, one executemany insert and update), not the ORM: a sweep
+    of 1,000 checks writes 1,000 rows every minute.
+    """
     keys = [scope.key(j.check.name) for j in judged]
     decisions: dict[str, Decision] = {}
-    with session() as s:
-        _lock(s, scope)
-        rows = {
-            r.key: r for r in s.exec(select(CheckState).where(col(CheckState.key).in_(keys))).all()
-        }
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
+    with engine().begin() as conn:
+        _lock(conn, scope)
+        found = conn.execute(select(STATE).where(STATE.c.key.in_(keys))).mappings()
+        rows = {r["key"]: dict(r) for r in found}
         states: dict[str, str] = {}
-        events: list[tuple[str, CheckEvent]] = []
         for j in _order(judged):
             check, key = j.check, scope.key(j.check.name)
             row = rows.get(key)
-            if row is None:
-                row = CheckState(
-                    key=key,
-                    runbook=scope.runbook,
-                    step_id=scope.step_id,
-                    name=check.name,
-                    check_type=check.type,  # type: ignore[attr-defined]
-                    since=now,
-                )
             window = active_window(check.maintenance, now)
             blocker = next((d for d in check.depends_on if states.get(d) == "FAILING"), None)
             kind: Suppression | None = (
@@ -152,72 +149,95 @@ def record(scope: Scope, judged: list[Judged], now: datetime) -> list[Decision]:
                 check.remind_every_s,
                 check.send_on_resolved,
             )
-            step = advance(_memory(row) if key in rows else Memory(), j.health, policy, now, kind)
-            _write(row, step, j, check, scope, reason, now)
-            s.add(row)
+            step = advance(_memory(row) if row else Memory(), j.health, policy, now, kind)
+            values = _values(step, j, check, scope, reason, now)
+            if row is None:
+                inserts.append(
+                    {
+                        **values,
+                        "key": key,
+                        "runbook": scope.runbook,
+                        "step_id": scope.step_id,
+                        "name": check.name,
+                    }
+                )
+            else:
+                updates.append({**values, "b_key": key})
             states[check.name] = step.memory.state
             if step.changed or step.notice:
-                events.append((key, _event(row, step, reason, scope, now)))
+                events.append((key, _event(key, check.name, step, reason, scope, now)))
             if step.changed:
-                _audit(s, key, step, j, reason, scope)
+                _audit(conn, key, step, j, reason, scope)
             decisions[key] = Decision(j, key, step, reason, None, _remediation(row))
+        if inserts:
+            conn.execute(insert(STATE), inserts)
+        if updates:
+            conn.execute(update(STATE).where(STATE.c.key == bindparam("b_key")), updates)
         # The sweep defines its checks: state of checks removed from it goes too.
-        s.execute(
-            delete(CheckState).where(
-                col(CheckState.runbook) == scope.runbook,
-                col(CheckState.step_id) == scope.step_id,
-                col(CheckState.key).not_in(keys),
+        conn.execute(
+            delete(STATE).where(
+                STATE.c.runbook == scope.runbook,
+                STATE.c.step_id == scope.step_id,
+                STATE.c.key.not_in(keys),
             )
         )
-        for _key, event in events:
-            s.add(event)
-        s.flush()
         for key, event in events:
-            decisions[key].event_id = event.id
+            decisions[key].event_id = conn.execute(
+                insert(EVENT).returning(EVENT.c.id), event
+            ).scalar_one()
     return [decisions[k] for k in keys]
 
 
-def _write(
-    row: CheckState,
-    step: Step,
-    j: Judged,
-    check: CheckBase,
-    scope: Scope,
-    reason: str | None,
-    now: datetime,
-) -> None:
+def _values(
+    step: Step, j: Judged, check: CheckBase, scope: Scope, reason: str | None, now: datetime
+) -> dict[str, Any]:
+    """The columns a sweep writes (remediation columns are written by `finish`)."""
     m = step.memory
-    row.check_type = check.type  # type: ignore[attr-defined]
-    row.target = secrets.redact(check.target())
-    row.state, row.since, row.streak_since = m.state, m.since or now, m.streak_since
-    row.fail_streak, row.bad_streak = m.fail_streak, m.bad_streak
-    row.ok_streak, row.good_streak = m.ok_streak, m.good_streak
-    row.alerted, row.last_notified_at = m.alerted, m.last_notified_at
-    row.last_checked_at, row.last_health = now, j.health
-    row.last_duration_ms, row.last_error = j.duration_ms, secrets.redact(j.error)
-    row.last_conditions = secrets.redact([c.model_dump() for c in j.conditions])
-    row.suppressed = reason
-    row.last_run_id, row.last_url = scope.run_id, scope.url
-    row.updated_at = now  # remediation fields stay: the last episode's outcome is worth seeing
+    return {
+        "check_type": check.type,  # type: ignore[attr-defined]
+        "target": secrets.redact(check.target()),
+        "state": m.state,
+        "since": m.since or now,
+        "streak_since": m.streak_since,
+        "fail_streak": m.fail_streak,
+        "bad_streak": m.bad_streak,
+        "ok_streak": m.ok_streak,
+        "good_streak": m.good_streak,
+        "alerted": m.alerted,
+        "last_notified_at": m.last_notified_at,
+        "last_checked_at": now,
+        "last_health": j.health,
+        "last_duration_ms": j.duration_ms,
+        "last_error": secrets.redact(j.error),
+        "last_conditions": secrets.redact([c.model_dump() for c in j.conditions]),
+        "suppressed": reason,
+        "last_run_id": scope.run_id,
+        "last_url": scope.url,
+        "updated_at": now,  # remediation columns stay: the last episode's outcome is worth seeing
+    }
 
 
 def _event(
-    row: CheckState, step: Step, reason: str | None, scope: Scope, now: datetime
-) -> CheckEvent:
-    return CheckEvent(
-        key=row.key,
-        runbook=scope.runbook,
-        name=row.name,
-        ts=now,
-        from_state=step.previous,
-        to_state=step.memory.state,
-        notice=step.notice,
-        suppressed=reason,
-        run_id=scope.run_id,
-    )
+    key: str, name: str, step: Step, reason: str | None, scope: Scope, now: datetime
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "runbook": scope.runbook,
+        "name": name,
+        "ts": now,
+        "from_state": step.previous,
+        "to_state": step.memory.state,
+        "notice": step.notice,
+        "suppressed": reason,
+        "sent_to": [],
+        "failed_to": [],
+        "run_id": scope.run_id,
+    }
 
 
-def _audit(s: Session, key: str, step: Step, j: Judged, reason: str | None, scope: Scope) -> None:
+def _audit(
+    conn: Connection, key: str, step: Step, j: Judged, reason: str | None, scope: Scope
+) -> None:
     action = {"OK": "check.recovered", "DEGRADED": "check.degraded", "FAILING": "check.failing"}
     details: dict[str, Any] = {
         "from": step.previous,
@@ -229,7 +249,7 @@ def _audit(s: Session, key: str, step: Step, j: Judged, reason: str | None, scop
         "suppressed": reason,
         "notice": step.notice,
     }
-    audit.record(action[step.memory.state], key, details=details, run_id=scope.run_id, s=s)
+    audit.record(action[step.memory.state], key, details=details, run_id=scope.run_id, s=conn)
 
 
 def finish(decisions: list[Decision], titles: dict[str, str]) -> None:

@@ -61,28 +61,51 @@ def _ms(started: float) -> float:
 
 
 class Prober:
-    """Shared resources of one sweep: HTTP clients, a concurrency bound, a thread pool."""
+    """Shared resources of one sweep: HTTP clients, concurrency bounds, a thread pool.
 
-    def __init__(self, concurrency: int):
+    HTTP goes through one small pooled client per origin (scheme, host, port), all sharing
+    one SSL context: httpcore scans its whole pool for every request, so one pool of
+    `concurrency` connections costs more CPU than the requests themselves (measured: 1,000
+    loopback requests take ~10 s through a 100-connection pool, under 1 s through pools of
+    10). A check waits for a free connection of its origin *before* its timeout starts, so
+    queueing behind a slow or hanging target is never mistaken for a timeout of its own.
+    """
+
+    def __init__(self, concurrency: int, per_origin: int = 10):
         self.concurrency = concurrency
+        self.per_origin = max(1, min(per_origin, concurrency))
         self._slots = asyncio.Semaphore(concurrency)
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._origin_slots: dict[str, asyncio.Semaphore] = {}
+        self._clients: dict[tuple[str, bool], httpx.AsyncClient] = {}
+        self._ssl: dict[bool, ssl.SSLContext] = {}
         self._pool = ThreadPoolExecutor(
             max_workers=min(concurrency, 32), thread_name_prefix="ktlo-probe"
         )
 
-    def client(self, verify: bool) -> httpx.AsyncClient:
-        """One pooled client per TLS-verification setting, shared by every HTTP check."""
-        if verify not in self._clients:
-            self._clients[verify] = httpx.AsyncClient(
-                verify=verify,
+    @staticmethod
+    def origin(url: str) -> str:
+        parsed = httpx.URL(url)
+        return f"{parsed.scheme}://{parsed.host}:{parsed.port or ''}"
+
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        if verify not in self._ssl:
+            ctx = ssl.create_default_context()
+            if not verify:
+                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            self._ssl[verify] = ctx
+        return self._ssl[verify]
+
+    def client(self, url: str, verify: bool) -> httpx.AsyncClient:
+        key = (self.origin(url), verify)
+        if key not in self._clients:
+            self._clients[key] = httpx.AsyncClient(
+                verify=self._context(verify),
                 limits=httpx.Limits(
-                    max_connections=self.concurrency,
-                    max_keepalive_connections=self.concurrency,
+                    max_connections=self.per_origin, max_keepalive_connections=self.per_origin
                 ),
                 headers={"user-agent": "ktlo-health/1"},
             )
-        return self._clients[verify]
+        return self._clients[key]
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -99,9 +122,18 @@ class Prober:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _origin_slot(self, check: CheckBase) -> contextlib.AbstractAsyncContextManager[Any]:
+        if not isinstance(check, HttpCheck):
+            return contextlib.nullcontext()
+        try:
+            origin = self.origin(check.url)
+        except Exception:  # an unparsable URL fails in the probe, with its message
+            return contextlib.nullcontext()
+        return self._origin_slots.setdefault(origin, asyncio.Semaphore(self.per_origin))
+
     async def observe(self, check: CheckBase) -> Observation:
         """Probe one check within its timeout (waiting for a free slot does not count)."""
-        async with self._slots:
+        async with self._origin_slot(check), self._slots:
             obs = Observation()
             facts: dict[str, Any] = {}
             started = time.perf_counter()
@@ -173,7 +205,7 @@ def plain(value: Any) -> Any:
 
 
 async def probe_http(p: Prober, check: HttpCheck, facts: dict[str, Any]) -> None:
-    client = p.client(check.verify_tls)
+    client = p.client(check.url, check.verify_tls)
     request = client.build_request(
         check.method,
         check.url,

@@ -63,7 +63,7 @@ async def health_sweep(inputs: SweepInput) -> SweepOutput:
     """Probe health checks concurrently; keep alert state, notify on changes, remediate."""
     started = time.perf_counter()
     scope = _scope()
-    async with Prober(inputs.concurrency) as prober:
+    async with Prober(inputs.concurrency, inputs.connections_per_host) as prober:
         observations = await asyncio.gather(*(prober.observe(c) for c in inputs.checks))
     judged = [
         Judged(check, *judge(check, obs), error=obs.error, duration_ms=obs.duration_ms)
