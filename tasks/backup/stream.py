@@ -198,13 +198,14 @@ class Tool:
         text = secrets.redact(self._stderr.decode(errors="replace"))
         return [line.strip() for line in text.strip().splitlines() if line.strip()][-last:]
 
-    def failure(self, code: int, what: str) -> BackupError:
+    def failure(self, code: int, what: str = "") -> BackupError:
         detail = " | ".join(self.stderr_lines())
+        prefix = f"{what}: " if what else ""
         return BackupError(
-            f"{what}: {self.name} exited with {code}" + (f": {detail}" if detail else "")
+            f"{prefix}{self.name} exited with {code}" + (f": {detail}" if detail else "")
         )
 
-    def check(self, what: str, ok: Sequence[int] = (0,)) -> int:
+    def check(self, what: str = "", ok: Sequence[int] = (0,)) -> int:
         code = self.wait()
         if code not in ok:
             raise self.failure(code, what)
