@@ -345,9 +345,17 @@ class S3Destination:
         return Manifest.model_validate_json(obj["Body"].read())
 
     def _uploads(self) -> Iterator[dict[str, Any]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            yield from page.get("Uploads", [])
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                yield from page.get("Uploads", [])
+        except (BotoCoreError, ClientError) as exc:
+            raise DestinationError(
+                f"cannot list uploads in s3://{self.bucket}/{self.prefix}: "
+                f"{secrets.redact(str(exc))}"
+            ) from None
 
     def sweep_partials(self, keep: set[str], dead_uploads: set[str]) -> list[str]:
         """Abort uploads of dead writers, and unknown ones older than an hour."""
