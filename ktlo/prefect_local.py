@@ -123,12 +123,18 @@ def _start_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def server_env(home: Path) -> dict[str, str]:
+def server_env(home: Path, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     env.update(
         {
             "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            # The UI calls the API at this address (it defaults to port 4200 otherwise).
+            "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+            # Runs held back by a deployment concurrency limit retry every few seconds.
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
             "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TIMEOUT": "60",
@@ -174,7 +180,7 @@ def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=server_env(home),
+                env=server_env(home, chosen),
                 start_new_session=True,
             )
         info = ServerInfo(pid=proc.pid, port=chosen, home=str(home))
