@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from ktlo import secrets
 from ktlo.registry import StepInput, step_task
@@ -81,11 +81,12 @@ class Connection(StepInput):
     socket: str | None = None
     database: str | None = None
 
-    @model_validator(mode="after")
-    def _scheme(self) -> Connection:
-        if self.dsn and urlparse(self.dsn).scheme not in ("mysql", "mariadb"):
+    @field_validator("dsn")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value and urlparse(value).scheme not in ("mysql", "mariadb"):
             raise ValueError("dsn must be a mysql:// or mariadb:// URL")
-        return self
+        return value
 
 
 @dataclass(frozen=True)
