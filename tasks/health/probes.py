@@ -1,7 +1,7 @@
 """Probes: observe one target and record facts (the placeholders conditions read).
 
 Every probe runs on the sweep's event loop and is bounded by its check's `timeout_s`
-(`asyncio.wait_for`), so a hanging target costs at most its timeout. Blocking clients
+(`asyncio.timeout`), so a hanging target costs at most its timeout. Blocking clients
 (pymysql, `statvfs` on a dead NFS mount) run on the sweep's own thread pool, where a stuck
 call can only waste a thread, never the loop. Facts gathered before a failure are kept
 (`connected: true` and then a query that hangs), and errors are one clear line, never a
@@ -138,7 +138,8 @@ class Prober:
             facts: dict[str, Any] = {}
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(PROBES[type(check)](self, check, facts), check.timeout_s)
+                async with asyncio.timeout(check.timeout_s):  # no extra Task, unlike wait_for
+                    await PROBES[type(check)](self, check, facts)
             except TimeoutError:
                 obs.error = f"timed out after {check.timeout_s:g}s"
             except Exception as exc:

@@ -72,7 +72,6 @@ async def health_sweep(inputs: SweepInput) -> SweepOutput:
     now = utcnow()
     decisions = await asyncio.to_thread(ledger.record, scope, judged, now)
     titles = await _act(decisions, scope, now)
-    await asyncio.to_thread(ledger.finish, decisions, titles)
 
     results = [_result(d) for d in decisions]
     states = [r.state for r in results]
@@ -85,7 +84,7 @@ async def health_sweep(inputs: SweepInput) -> SweepOutput:
         checks=results,
     )
     _log(out)
-    await _publish(out, scope)
+    await asyncio.gather(asyncio.to_thread(ledger.finish, decisions, titles), _publish(out, scope))
     if inputs.fail_on_failure:
         bad = [r.name for r in results if not r.ok]
         if bad:
