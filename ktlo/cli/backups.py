@@ -66,7 +66,13 @@ class BarProgress:
 
 
 @contextmanager
-def _progress() -> Iterator[BarProgress]:
+def _progress() -> Iterator[Any]:
+    """A bar on a terminal; nothing when stderr is a pipe or a file."""
+    from tasks.backup.stream import NoProgress
+
+    if not err_console.is_terminal:
+        yield NoProgress()
+        return
     bar = BarProgress()
     try:
         yield bar
