@@ -69,9 +69,11 @@ def status(
         console.print("no health checks recorded yet (run a runbook with a health.sweep step)")
         return
     table = Table(title="Health checks", title_justify="left")
-    for col in ("check", "runbook", "state", "since", "checked", "latency"):
+    table.add_column("check", overflow="fold")
+    table.add_column("runbook", overflow="fold")
+    for col in ("state", "since", "checked", "latency"):
         table.add_column(col, no_wrap=True)
-    table.add_column("detail", overflow="fold", ratio=1)
+    table.add_column("detail", overflow="fold", ratio=1, min_width=24)
     for r in rows:
         detail = escape("; ".join([*_failing(r), *([r.last_error] if r.last_error else [])]))
         if r.state == "OK" and r.last_health != "ok":
