@@ -32,6 +32,10 @@ log = logging.getLogger("ktlo.serve")
 
 @dataclass
 class ServeOptions:
+    host: str = "127.0.0.1"  # the webhook receiver
+    port: int = 8080
+    webhook: bool = True
+    token: str | None = None  # None with webhook=True means --insecure-no-auth
     limit: int | None = None  # concurrent runs in this process (None: no limit)
     poll_s: float = 2.0  # how often scheduled runs are looked for
     grace_s: float = 60.0  # how long runs in flight may finish after SIGTERM
@@ -66,6 +70,8 @@ class Server:
     paths: dict[str, Path] = field(default_factory=dict)  # runbook name → its file
     problems: list[Problem] = field(default_factory=list)
     stopping: bool = False
+    dispatcher: Any = None
+    receiver: Any = None
 
     async def deploy(self, rb: Runbook) -> UUID:
         from flows.catalog import flow_for
@@ -144,12 +150,18 @@ class Server:
                 log.warning("reconciling run states failed: %s", exc)
             await asyncio.sleep(self.options.reconcile_s)
 
-    async def submit(self, flow_run_id: UUID) -> None:
-        """Execute a flow run of a served deployment now, without waiting for the next poll."""
+    async def submit(self, flow_run_id: str) -> None:
+        """Execute a flow run of a served deployment now, without waiting for the next poll.
+
+        The incident path uses this: polling would add up to `poll_s` to every incident.
+        """
         from prefect.client.orchestration import get_client
 
         async with get_client() as client:
-            flow_run = await client.read_flow_run(flow_run_id)
+            flow_run = await client.read_flow_run(UUID(flow_run_id))
+        registry = self.runner._deployment_registry
+        if self.stopping or flow_run.deployment_id not in registry.get_deployment_ids():
+            return  # not ours (a worker's deployment) or shutting down: the poller decides
         poller = self.runner._scheduled_run_poller
         await poller._submit_scheduled_flow_runs([flow_run], self.runner._runs_task_group)
 
@@ -168,13 +180,32 @@ class Server:
             self.in_flight(),
         )
         self.runner._scheduled_run_poller.stopping = True
+        if self.dispatcher is not None:
+            self.dispatcher.on_flow_run = None  # incidents stay queued in the outbox
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.grace_s
         while self.in_flight() and loop.time() < deadline:
             await asyncio.sleep(0.2)
         if self.in_flight():
             log.warning("cancelling %d run(s) still in flight", self.in_flight())
+        if self.receiver is not None:
+            self.receiver.should_exit = True
+        if self.dispatcher is not None:
+            self.dispatcher.stopping = True
         await self.runner.astop()
+
+    def _start_webhook(self) -> list[asyncio.Task[Any]]:
+        from ktlo.dispatch import Dispatcher
+        from ktlo.webhook import create_app, make_server
+
+        self.dispatcher = Dispatcher(on_flow_run=self.submit)
+        app = create_app(self.options.token, dispatcher=self.dispatcher)
+        self.receiver = make_server(app, self.options.host, self.options.port)
+        log.info("webhook receiver on http://%s:%d/hooks/…", self.options.host, self.options.port)
+        return [
+            asyncio.create_task(self.dispatcher.run_forever()),
+            asyncio.create_task(self.receiver.serve()),
+        ]
 
     async def run(self, *, started: asyncio.Event | None = None) -> None:
         from prefect.runner import Runner
@@ -202,6 +233,8 @@ class Server:
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.shutdown()))
         await self.sync()
         helpers = [asyncio.create_task(self.watch()), asyncio.create_task(self.reconcile_forever())]
+        if self.options.webhook:
+            helpers += self._start_webhook()
         log.info("serving %d runbook(s)", len(self.deployed))
         if started is not None:
             started.set()

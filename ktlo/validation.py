@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from ktlo import registry
 from ktlo.errors import Problem
+from ktlo.incidents import INCIDENT_FIELDS
 from ktlo.loader import pydantic_problems
 from ktlo.params import params_model
 from ktlo.runbook import Runbook
@@ -220,6 +221,8 @@ class _Checker:
             return self.step_reference_problem(chain, step_id)
         if root == "incident" and not self.rb.triggers:
             return "template uses 'incident' but the runbook has no triggers"
+        if root == "incident" and len(chain) > 1 and chain[1] not in INCIDENT_FIELDS:
+            return f"incident has no field '{chain[1]}' (fields: {', '.join(INCIDENT_FIELDS)})"
         if root == "run" and len(chain) > 1 and chain[1] not in RUN_ATTRIBUTES:
             return f"run has no attribute '{chain[1]}' (use {', '.join(RUN_ATTRIBUTES)})"
         return None

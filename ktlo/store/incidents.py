@@ -1,0 +1,67 @@
+"""Incidents and the outbox of work they cause (runs to start, events, notices).
+
+An incident row is stored, with its outbox rows, in the transaction that acknowledges the
+alert, so nothing acknowledged is lost; the outbox is worked off afterwards and survives
+restarts. At most one *open* incident exists per key (a partial unique index), which makes
+"exactly one run per distinct incident" a database property, not an in-process one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from ktlo.store.models import utcnow
+
+
+class IncidentRecord(SQLModel, table=True):
+    __tablename__ = "ktlo_incident"
+    __table_args__ = (
+        Index(
+            "ux_ktlo_incident_open_key",
+            "key",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    key: str = Field(index=True, max_length=300)
+    source: str = Field(max_length=32)
+    status: str = Field(default="open", max_length=16)  # open | resolved
+    severity: str | None = Field(default=None, max_length=64)
+    summary: str = Field(sa_column=Column(Text))
+    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    annotations: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    url: str | None = Field(default=None, sa_column=Column(Text))
+    matched: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    repeats: int = 0
+    first_seen: datetime = Field(default_factory=utcnow, index=True)
+    last_seen: datetime = Field(default_factory=utcnow)
+    resolved_at: datetime | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class OutboxItem(SQLModel, table=True):
+    __tablename__ = "ktlo_outbox"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "kind", "target", name="ux_ktlo_outbox_work"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: str = Field(index=True, max_length=36)
+    kind: str = Field(max_length=32)  # start_run | event | resolved_notice
+    target: str = Field(max_length=200)  # runbook name, or event name
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    status: str = Field(default="pending", index=True, max_length=16)  # pending | done | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
+    claimed_until: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    done_at: datetime | None = None
+    result: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text))
