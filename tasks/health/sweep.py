@@ -43,9 +43,17 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 def _scope() -> Scope:
     ctx = get_step_context()
-    if ctx is None:  # called as a plain Prefect task outside a runbook
-        return Scope(runbook="adhoc", step_id="health.sweep")
-    return Scope(runbook=ctx.runbook, step_id=ctx.step_id, run_id=ctx.flow_run_id, url=ctx.url)
+    if ctx is not None:
+        return Scope(ctx.runbook, ctx.step_id, run_id=ctx.flow_run_id, url=ctx.url)
+    # Called as a plain Prefect task in a hand-written flow: state is keyed by the flow's name.
+    from prefect.runtime import flow_run
+
+    return Scope(
+        runbook=str(flow_run.flow_name or "adhoc"),
+        step_id="health.sweep",
+        run_id=str(flow_run.id) if flow_run.id else None,
+        url=flow_run.ui_url,
+    )
 
 
 def summarize(out: SweepOutput) -> str:
