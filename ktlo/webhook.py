@@ -56,8 +56,14 @@ def _verify(token: str, headers: dict[str, str], body: bytes) -> bool:
     return False
 
 
-async def _reply(send: Send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def _reply(
+    send: Send,
+    status: int,
+    detail: str,
+    extra: dict[str, str] | None = None,
+    body_override: dict[str, Any] | None = None,
+) -> None:
+    body = json.dumps(body_override or {"detail": detail}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -111,6 +117,18 @@ class Guard:
                 "X-Ktlo-Signature: sha256=<HMAC-SHA256 of the body>",
                 {"www-authenticate": "Bearer"},
             )
+            return
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            detail = [
+                {
+                    "loc": ["body"],
+                    "msg": f"the body is not valid JSON: {exc}",
+                    "type": "json_invalid",
+                }
+            ]
+            await _reply(send, 422, "", body_override={"detail": detail})
             return
         sent = False
 

@@ -1,0 +1,293 @@
+"""The receiver's contract (SPEC §7): auth, limits, validation, normalisation, deduplication."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from tests.conftest import Home
+from tests.helpers import cli
+from tests.webhook_helpers import TOKEN, Receiver, alertmanager, prom_alert, sign
+
+TRIGGERED = """
+name: on-down
+triggers:
+  - source: alertmanager
+    match: {alertname: ServiceDown, severity: "~critical|page"}
+  - source: pagerduty
+    match: {source: "~db-.*"}
+steps:
+  - id: note
+    uses: log
+    with: {message: "{{ incident.summary }} ({{ incident.key }})"}
+"""
+
+
+@pytest.fixture
+def receiver(home: Home) -> Iterator[Receiver]:
+    home.runbook("on-down", TRIGGERED)
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def _outbox() -> list[Any]:
+    from ktlo.store.db import session
+    from ktlo.store.incidents import OutboxItem
+
+    with session() as s:
+        return list(s.exec(select(OutboxItem)).all())
+
+
+def _incidents() -> list[Any]:
+    from ktlo.store.db import session
+    from ktlo.store.incidents import IncidentRecord
+
+    with session() as s:
+        return list(s.exec(select(IncidentRecord)).all())
+
+
+def test_auth_bearer_and_hmac(receiver: Receiver) -> None:
+    body = alertmanager(prom_alert("ServiceDown", "fp1", severity="critical"))
+    assert receiver.post("alertmanager", body, token=None).status_code == 401
+    assert receiver.post("alertmanager", body, token="wrong").status_code == 401
+    raw = json.dumps(body).encode()
+    assert (
+        receiver.post(
+            "alertmanager",
+            None,
+            token=None,
+            raw=raw,
+            headers={"x-ktlo-signature": sign(raw, "nope")},
+        ).status_code
+        == 401
+    )
+    assert (
+        receiver.post(
+            "alertmanager", None, token=None, raw=raw, headers={"x-ktlo-signature": sign(raw)}
+        ).status_code
+        == 202
+    )
+    assert receiver.post("alertmanager", body).status_code == 202
+    assert httpx.get(f"{receiver.url}/healthz").json()["status"] == "ok"
+
+
+def test_no_auth_only_when_asked(home: Home) -> None:
+    r = Receiver(token=None)
+    try:
+        assert r.post("generic", {"summary": "hello"}, token=None).status_code == 202
+    finally:
+        r.close()
+
+
+def test_body_over_one_mib_is_413(receiver: Receiver) -> None:
+    big = {"summary": "x" * (1024 * 1024 + 10)}
+    assert receiver.post("generic", big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    response = httpx.post(
+        f"{receiver.url}/hooks/generic",
+        content=chunks(),
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("source", "body", "field"),
+    [
+        ("alertmanager", {"version": "4"}, ["body", "alerts"]),
+        (
+            "alertmanager",
+            {"alerts": [{"status": "burning", "labels": {}}]},
+            ["body", "alerts", 0, "status"],
+        ),
+        ("alertmanager", {"alerts": [{"status": "firing"}]}, ["body", "alerts", 0, "labels"]),
+        ("grafana", {"alerts": []}, ["body", "alerts"]),
+        ("pagerduty", {"dedup_key": "x"}, ["body", "event_action"]),
+        (
+            "pagerduty",
+            {
+                "event_action": "trigger",
+                "payload": {"summary": "s", "source": "h", "severity": "bad"},
+            },
+            ["body", "payload", "severity"],
+        ),
+        ("generic", {"severity": "high"}, ["body", "summary"]),
+    ],
+)
+def test_malformed_bodies_are_422_naming_the_field(
+    receiver: Receiver, source: str, body: Any, field: list[Any]
+) -> None:
+    response = receiver.post(source, body)
+    assert response.status_code == 422, response.text
+    assert field in [d["loc"] for d in response.json()["detail"]], response.json()
+    assert not _incidents()
+
+
+def test_invalid_json_is_422(receiver: Receiver) -> None:
+    response = receiver.post("generic", None, raw=b"{not json")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "body"
+
+
+def test_group_payload_dedup_and_resolution(receiver: Receiver) -> None:
+    body = alertmanager(
+        prom_alert("ServiceDown", "fp-a", severity="critical", instance="api-1"),
+        prom_alert("ServiceDown", "fp-b", severity="page", instance="api-2"),
+        prom_alert("DiskFull", "fp-c", severity="warning", instance="db-1"),
+    )
+    first = receiver.post("alertmanager", body).json()
+    assert [i["outcome"] for i in first["incidents"]] == ["opened"] * 3
+    assert [i["runbooks"] for i in first["incidents"]] == [["on-down"], ["on-down"], []]
+    again = receiver.post("alertmanager", body).json()
+    assert [i["outcome"] for i in again["incidents"]] == ["repeat"] * 3
+    starts = [o for o in _outbox() if o.kind == "start_run"]
+    assert len(starts) == 2
+    resolved = alertmanager(
+        prom_alert("ServiceDown", "fp-a", status="resolved", severity="critical"), status="resolved"
+    )
+    assert receiver.post("alertmanager", resolved).json()["incidents"][0]["outcome"] == "resolved"
+    by_key = {i.key: i for i in _incidents()}
+    assert by_key["alertmanager:fp-a"].status == "resolved"
+    assert by_key["alertmanager:fp-b"].repeats == 1
+    # the same alert firing again later is a new incident, with a new run
+    assert (
+        receiver.post("alertmanager", alertmanager(body["alerts"][0])).json()["incidents"][0][
+            "outcome"
+        ]
+        == "opened"
+    )
+    assert len([o for o in _outbox() if o.kind == "start_run"]) == 3
+    assert {o.kind for o in _outbox()} == {"start_run", "event", "resolved_notice"}
+
+
+def test_fingerprint_falls_back_to_the_labels(receiver: Receiver) -> None:
+    alert = prom_alert("ServiceDown", None, severity="critical", instance="x")
+    a = receiver.post("alertmanager", alertmanager(alert)).json()["incidents"][0]
+    b = receiver.post("alertmanager", alertmanager(alert)).json()["incidents"][0]
+    assert a["key"] == b["key"]
+    assert b["outcome"] == "repeat"
+
+
+def test_pagerduty_grafana_and_generic(receiver: Receiver) -> None:
+    pd = {
+        "routing_key": "R0UTINGKEY",
+        "event_action": "trigger",
+        "dedup_key": "db-17",
+        "payload": {
+            "summary": "db-17 replication lag",
+            "source": "db-17",
+            "severity": "critical",
+            "custom_details": {"lag_s": 300},
+        },
+    }
+    opened = receiver.post("pagerduty", pd).json()["incidents"][0]
+    assert opened == {
+        "key": "pagerduty:db-17",
+        "id": opened["id"],
+        "outcome": "opened",
+        "runbooks": ["on-down"],
+    }
+    assert (
+        receiver.post("pagerduty", {**pd, "event_action": "resolve"}).json()["incidents"][0][
+            "outcome"
+        ]
+        == "resolved"
+    )
+    grafana = {
+        "receiver": "ktlo",
+        "status": "firing",
+        "title": "[FIRING:1]",
+        "message": "m",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "HighLatency", "grafana_folder": "api"},
+                "annotations": {"summary": "p95 over 2s"},
+                "fingerprint": "g1",
+                "values": {"A": 2.3},
+                "dashboardURL": "http://grafana/d/1",
+            }
+        ],
+    }
+    assert receiver.post("grafana", grafana).json()["incidents"][0]["key"] == "grafana:g1"
+    g1 = receiver.post("generic", {"summary": "cron job late", "dedup_key": "cron-7"}).json()[
+        "incidents"
+    ][0]
+    assert g1["key"] == "generic:cron-7"
+    h1 = receiver.post("generic", {"summary": "no key", "labels": {"a": "b"}}).json()["incidents"][
+        0
+    ]
+    h2 = receiver.post("generic", {"summary": "no key", "labels": {"a": "b"}}).json()["incidents"][
+        0
+    ]
+    assert h1["key"] == h2["key"]
+    assert h2["outcome"] == "repeat"
+    stored = {i.key: i for i in _incidents()}
+    assert "R0UTINGKEY" not in json.dumps(stored["pagerduty:db-17"].raw)
+    assert stored["pagerduty:db-17"].labels["lag_s"] == "300"
+
+
+def test_unmatched_incidents_are_kept_and_listed(receiver: Receiver, home: Home) -> None:
+    receiver.post("generic", {"summary": "nobody handles this", "dedup_key": "orphan"})
+    listed = cli("incidents", "--json", env=home.env)
+    assert listed.returncode == 0, listed.stderr
+    incident = json.loads(listed.stdout)["incidents"][0]
+    assert incident["key"] == "generic:orphan"
+    assert incident["runbooks"] == []
+    assert "none matched" in cli("incidents", env=home.env).stdout
+
+
+def test_incident_templates_are_validated(home: Home) -> None:
+    from ktlo.errors import RunbookInvalid
+    from ktlo.loader import load_runbook
+
+    path = home.runbook("bad", TRIGGERED.replace("incident.summary", "incident.sumary"))
+    with pytest.raises(RunbookInvalid, match="incident has no field 'sumary'"):
+        load_runbook(path)
+
+
+def test_fuzzed_from_the_openapi_schema_never_5xx(receiver: Receiver) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    schema = schemathesis.openapi.from_url(f"{receiver.url}/openapi.json")
+    failures: list[str] = []
+    statuses: list[int] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for operation, mode in itertools.product(operations, list(schemathesis.GenerationMode)):
+
+        @settings(
+            max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case: Any) -> None:
+            response = case.call(
+                base_url=receiver.url, headers={"authorization": f"Bearer {TOKEN}"}
+            )
+            statuses.append(response.status_code)
+            if response.status_code >= 500:
+                failures.append(
+                    f"{case.method} {case.path} → {response.status_code}: {response.text[:200]}"
+                )
+            assert response.status_code in (200, 202, 401, 404, 405, 413, 422), response.text
+
+        try:
+            check()
+        except Unsatisfiable:  # e.g. GET /healthz has no invalid inputs to generate
+            assert mode == schemathesis.GenerationMode.NEGATIVE
+    assert not failures, failures
+    assert len(statuses) >= 100, "the fuzzer ran"
+    assert {202, 422} <= set(statuses), sorted(set(statuses))
