@@ -58,3 +58,22 @@ def test_the_sweep_task_in_a_hand_written_flow(home: Home, prefect_api: str) -> 
         out = asyncio.run(monitoring())
     assert out.checks[0].state == "OK"
     assert [s.key for s in current_states()] == ["my-own-monitoring/health.sweep/api"]
+
+
+def test_fail_on_failure_fails_the_step_after_recording(home: Home, run: Any) -> None:
+    with service() as svc:
+        path = sweep_runbook(
+            home,
+            [
+                {"name": "ok", "type": "http", "url": f"{svc.url}/health"},
+                {"name": "bad", "type": "http", "url": f"{svc.url}/status/502"},
+            ],
+            extra={"fail_on_failure": True},
+            steps=[{"id": "after", "uses": "log", "with": {"message": "gated"}}],
+        )
+        result = run(path)
+    assert result.status == "failed"
+    assert result.steps["sweep"].error == "1 check(s) failed: bad"
+    assert result.steps["after"].status == "not_run"
+    states = {s.name: (s.state, s.last_health) for s in current_states()}
+    assert states == {"ok": ("OK", "ok"), "bad": ("OK", "failing")}  # 1 of 3 failures so far
