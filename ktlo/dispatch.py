@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlmodel import col, select
 from ktlo import audit, notify
 from ktlo.errors import KtloError
 from ktlo.intake import RunbookIndex
-from ktlo.launch import NotDeployed, astart_runbook
+from ktlo.launch import NotDeployed, astart_runbook, deployment_id
 from ktlo.store.db import engine, session
 from ktlo.store.incidents import OutboxItem
 from ktlo.store.models import utcnow
@@ -32,11 +33,24 @@ from ktlo.store.models import utcnow
 log = logging.getLogger("ktlo.dispatch")
 
 EVENT_NAMESPACE = uuid.UUID("5b6a3c0e-7f61-4a51-9d2e-6c1b1f0a2b7d")
-LEASE_S = 60
+DEPLOYMENT_TTL_S = 30
+LEASE_S = 20  # an item claimed by a receiver that died is retried after this
 MAX_BACKOFF_S = 30
 NOT_DEPLOYED_ATTEMPTS = 30  # about ten minutes of waiting for `ktlo serve` to deploy it
 
 OnFlowRun = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class Done:
+    """How working off one outbox item ended (and what to audit about it)."""
+
+    item: OutboxItem
+    result: str | None = None
+    error: str | None = None
+    retry_in: float | None = None
+    failed: bool = False
+    audit: tuple[str, str, dict[str, Any], str | None] | None = None
 
 
 def _backoff(attempts: int) -> float:
@@ -48,12 +62,14 @@ class Dispatcher:
         self,
         runbooks: RunbookIndex | None = None,
         on_flow_run: OnFlowRun | None = None,
-        concurrency: int = 8,
+        concurrency: int = 16,
     ):
         self.runbooks = runbooks or RunbookIndex()
         self.on_flow_run = on_flow_run
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(concurrency)
+        self._client: Any = None  # one Prefect client for the dispatcher's life
+        self._deployments: dict[str, tuple[Any, float]] = {}  # runbook → (deployment id, when)
         self.stopping = False
 
     def wake(self) -> None:
@@ -88,58 +104,58 @@ class Dispatcher:
                     claimed.append(item)
         return claimed
 
-    def _finish(
-        self,
-        item: OutboxItem,
-        *,
-        result: str | None = None,
-        error: str | None = None,
-        retry_in: float | None = None,
-        failed: bool = False,
-    ) -> None:
+    def _apply(self, outcomes: list[Done]) -> None:
+        """Record outcomes (and their audit events) in one transaction."""
         with session() as s:
-            row = s.get(OutboxItem, item.id)
-            if row is None:
-                return
-            row.attempts += 1
-            row.claimed_until = None
-            if retry_in is not None and not failed:
-                row.next_attempt_at = utcnow() + timedelta(seconds=retry_in)
-                row.error = error
-            else:
-                row.status = "failed" if failed else "done"
-                row.done_at = utcnow()
-                row.result = result
-                row.error = error
-            s.add(row)
+            for o in outcomes:
+                row = s.get(OutboxItem, o.item.id)
+                if row is None:
+                    continue
+                row.attempts += 1
+                row.claimed_until = None
+                if o.retry_in is not None and not o.failed:
+                    row.next_attempt_at = utcnow() + timedelta(seconds=o.retry_in)
+                    row.error = o.error
+                else:
+                    row.status = "failed" if o.failed else "done"
+                    row.done_at = utcnow()
+                    row.result = o.result
+                    row.error = o.error
+                s.add(row)
+                if o.audit is not None:
+                    action, subject, details, run_id = o.audit
+                    audit.record(
+                        action, subject, details=details, run_id=run_id, actor="ktlo-dispatch", s=s
+                    )
+
+    async def _finish(self, *outcomes: Done) -> None:
+        await asyncio.to_thread(self._apply, list(outcomes))
 
     async def process(self, item: OutboxItem) -> None:
         async with self._limit:
             try:
                 if item.kind == "start_run":
                     await self._start_run(item)
-                elif item.kind == "event":
-                    await self._emit(item)
-                    self._finish(item, result="emitted")
                 elif item.kind == "resolved_notice":
                     await asyncio.to_thread(self._notice, item)
-                    self._finish(item, result="sent")
+                    await self._finish(Done(item, result="sent"))
                 else:
-                    self._finish(item, error=f"unknown outbox kind {item.kind}", failed=True)
+                    await self._finish(
+                        Done(item, error=f"unknown outbox kind {item.kind}", failed=True)
+                    )
             except NotDeployed as exc:
                 if item.attempts + 1 >= NOT_DEPLOYED_ATTEMPTS:
-                    self._finish(item, error=str(exc), failed=True)
-                    audit.record(
-                        "incident.run_failed",
-                        item.target,
-                        details={"incident_id": item.incident_id, "error": str(exc)},
-                    )
+                    details = {"incident_id": item.incident_id, "error": str(exc)}
+                    audit_event = ("incident.run_failed", item.target, details, None)
+                    await self._finish(Done(item, error=str(exc), failed=True, audit=audit_event))
                     log.error("incident %s: %s", item.incident_id, exc)
                 else:
-                    self._finish(item, error=str(exc), retry_in=_backoff(item.attempts + 1) + 5)
+                    await self._finish(
+                        Done(item, error=str(exc), retry_in=_backoff(item.attempts + 1) + 5)
+                    )
             except Exception as exc:  # the Prefect API is down or slow: try again later
                 message = f"{type(exc).__name__}: {exc}"
-                self._finish(item, error=message, retry_in=_backoff(item.attempts + 1))
+                await self._finish(Done(item, error=message, retry_in=_backoff(item.attempts + 1)))
                 log.warning(
                     "outbox item %s (%s %s) will be retried: %s",
                     item.id,
@@ -148,37 +164,49 @@ class Dispatcher:
                     message,
                 )
 
+    async def _deployment(self, runbook: str) -> Any:
+        loop = asyncio.get_running_loop()
+        cached = self._deployments.get(runbook)
+        if cached is not None and loop.time() - cached[1] < DEPLOYMENT_TTL_S:
+            return cached[0]
+        found = await deployment_id(self._client, runbook)
+        self._deployments[runbook] = (found, loop.time())
+        return found
+
     async def _start_run(self, item: OutboxItem) -> None:
-        flow_run_id = await astart_runbook(
-            item.target,
-            params={"incident": item.payload},
-            idempotency_key=f"incident:{item.incident_id}:{item.target}",
-            tags=["ktlo-incident"],
-        )
-        self._finish(item, result=flow_run_id)
-        audit.record(
-            "incident.run_started",
-            item.payload.get("key", ""),
-            run_id=flow_run_id,
-            details={"incident_id": item.incident_id, "runbook": item.target},
-            actor="ktlo-dispatch",
-        )
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            flow_run_id = await astart_runbook(
+                item.target,
+                params={"incident": item.payload},
+                idempotency_key=f"incident:{item.incident_id}:{item.target}",
+                tags=["ktlo-incident"],
+                client=self._client,
+                deployment=await self._deployment(item.target),
+            )
+        except ObjectNotFound:  # the deployment went away since it was cached
+            self._deployments.pop(item.target, None)
+            raise
+        details = {"incident_id": item.incident_id, "runbook": item.target}
+        started = ("incident.run_started", str(item.payload.get("key", "")), details, flow_run_id)
+        await self._finish(Done(item, result=flow_run_id, audit=started))
         if self.on_flow_run is not None:
             try:
                 await self.on_flow_run(flow_run_id)
             except Exception as exc:  # the poller will still pick it up
                 log.warning("could not hand flow run %s to the runner: %s", flow_run_id, exc)
 
-    async def _emit(self, item: OutboxItem) -> None:
-        from prefect.client.orchestration import get_client
-
+    @staticmethod
+    def _event(item: OutboxItem) -> dict[str, Any]:
         incident: dict[str, Any] = item.payload
         labels = {
             k: str(v)
             for k, v in (incident.get("labels") or {}).items()
             if not k.startswith("prefect.")
         }
-        event = {
+        return {
+            # A deterministic id: sending it twice after a crash records it once.
             "id": str(uuid.uuid5(EVENT_NAMESPACE, f"{item.incident_id}:{item.target}")),
             "occurred": utcnow().isoformat(),
             "event": item.target,
@@ -193,9 +221,24 @@ class Dispatcher:
             "related": [],
             "payload": {"incident": incident},
         }
-        async with get_client() as client:
-            response = await client._client.post("/events", json=[event])
+
+    async def emit_events(self, items: list[OutboxItem]) -> None:
+        """All events of a batch in one request (self-hosted servers take POST /api/events)."""
+        if not items:
+            return
+        try:
+            response = await self._client._client.post(
+                "/events", json=[self._event(i) for i in items]
+            )
             response.raise_for_status()
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            await self._finish(
+                *(Done(i, error=message, retry_in=_backoff(i.attempts + 1)) for i in items)
+            )
+            log.warning("events will be retried: %s", message)
+            return
+        await self._finish(*(Done(i, result="emitted") for i in items))
 
     def _notice(self, item: OutboxItem) -> None:
         rb = self.runbooks.get(item.target)
@@ -216,6 +259,13 @@ class Dispatcher:
             log.error("resolved notice for %s: %s", item.target, exc)
 
     async def run_forever(self, idle_s: float = 1.0) -> None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            self._client = client
+            await self._loop(idle_s)
+
+    async def _loop(self, idle_s: float) -> None:
         while not self.stopping:
             try:
                 items = await asyncio.to_thread(self._claim)
@@ -223,7 +273,10 @@ class Dispatcher:
                 log.warning("outbox: cannot read the store: %s", exc)
                 items = []
             if items:
-                await asyncio.gather(*(self.process(item) for item in items))
+                events = [i for i in items if i.kind == "event"]
+                await asyncio.gather(
+                    self.emit_events(events), *(self.process(i) for i in items if i.kind != "event")
+                )
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -22,31 +22,45 @@ def deployment_name(runbook: str) -> str:
     return f"{FLOW_NAME}/{runbook}"
 
 
+async def deployment_id(client: Any, runbook: str) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = await client.read_deployment_by_name(deployment_name(runbook))
+    except ObjectNotFound:
+        raise NotDeployed(
+            f"runbook '{runbook}' has no deployment: run `ktlo serve` or `prefect deploy --all`"
+        ) from None
+    return deployment.id
+
+
 async def astart_runbook(
     runbook: str,
     *,
     params: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     tags: list[str] | None = None,
+    client: Any = None,
+    deployment: Any = None,
 ) -> str:
-    """Create a flow run of the runbook's deployment; returns the flow run id."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    """Create a flow run of the runbook's deployment; returns the flow run id.
 
-    async with get_client() as client:
-        try:
-            deployment = await client.read_deployment_by_name(deployment_name(runbook))
-        except ObjectNotFound:
-            raise NotDeployed(
-                f"runbook '{runbook}' has no deployment: run `ktlo serve` or `prefect deploy --all`"
-            ) from None
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment.id,
-            parameters=params or {},
-            idempotency_key=idempotency_key,
-            tags=tags or [],
-        )
-        return str(flow_run.id)
+    Pass an open Prefect `client` (and a known `deployment` id) to start many runs cheaply.
+    """
+    from prefect.client.orchestration import get_client
+
+    if client is None:
+        async with get_client() as own:
+            return await astart_runbook(
+                runbook, params=params, idempotency_key=idempotency_key, tags=tags, client=own
+            )
+    flow_run = await client.create_flow_run_from_deployment(
+        deployment or await deployment_id(client, runbook),
+        parameters=params or {},
+        idempotency_key=idempotency_key,
+        tags=tags or [],
+    )
+    return str(flow_run.id)
 
 
 def start_runbook(
