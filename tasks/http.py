@@ -27,6 +27,10 @@ class HttpInput(StepInput):
     expect_status: list[int] | None = Field(default=None, description="default: any 2xx")
     verify_tls: bool = True
     follow_redirects: bool = True
+    fail: bool = Field(
+        default=True,
+        description="false: record an unreachable endpoint or unexpected status in `error` instead of failing",
+    )
 
     @field_validator("method", mode="before")
     @classmethod
@@ -49,14 +53,24 @@ class HttpOutput(StepOutput):
     json_body: Any = Field(default=None, alias="json")
     text: str | None = None
     elapsed_ms: float
+    error: str | None = None
 
 
 def summarize(out: HttpOutput) -> str:
+    if out.error:
+        return out.error
     return f"HTTP {out.status} in {out.elapsed_ms:.0f} ms"
 
 
 def _expected(status: int, expect: list[int] | None) -> bool:
     return 200 <= status < 300 if expect is None else status in expect
+
+
+def _failed(inputs: HttpInput, started: float, message: str) -> HttpOutput:
+    if inputs.fail:
+        raise StepFailed(message)
+    elapsed = round((time.perf_counter() - started) * 1000, 1)
+    return HttpOutput(status=0, headers={}, elapsed_ms=elapsed, error=message)
 
 
 @step_task("http.request", HttpInput, HttpOutput, summarize=summarize)
@@ -78,11 +92,13 @@ async def http_request(inputs: HttpInput) -> HttpOutput:
                 content=inputs.body,
             )
     except httpx.TimeoutException:
-        raise StepFailed(
-            f"{inputs.method} {inputs.url}: timed out after {inputs.timeout_s:g}s"
-        ) from None
+        return _failed(
+            inputs, started, f"{inputs.method} {inputs.url}: timed out after {inputs.timeout_s:g}s"
+        )
     except httpx.HTTPError as exc:
-        raise StepFailed(f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}") from None
+        return _failed(
+            inputs, started, f"{inputs.method} {inputs.url}: {type(exc).__name__}: {exc}"
+        )
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     content = response.content[:MAX_BODY]
     parsed: Any = None
@@ -106,8 +122,11 @@ async def http_request(inputs: HttpInput) -> HttpOutput:
             "2xx" if inputs.expect_status is None else ", ".join(map(str, inputs.expect_status))
         )
         snippet = (text or json.dumps(parsed) or "")[:200].replace("\n", " ")
-        raise StepFailed(
+        message = (
             f"{inputs.method} {inputs.url}: HTTP {response.status_code} (expected {expected})"
             + (f": {snippet}" if snippet else "")
         )
+        if inputs.fail:
+            raise StepFailed(message)
+        out.error = message
     return out

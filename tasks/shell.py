@@ -28,7 +28,7 @@ MAX_LOGGED_LINES = 500
 
 
 class ShellInput(StepInput):
-    command: str | list[str] = Field(
+    command: str | list[str | int | float] = Field(
         description="argv list, or a string (split; or run by sh with shell: true)"
     )
     shell: bool = False

@@ -285,9 +285,17 @@ def test_http_request_step(home: Home, run: Any, receiver: Receiver) -> None:
           - id: wrong-status
             uses: http.request
             with: {{url: "{receiver.url}/", expect_status: [201]}}
+          - id: recorded-not-failed
+            uses: http.request
+            needs: []
+            with: {{url: "http://127.0.0.1:9/", fail: false, timeout_s: 2}}
         """,
     )
     result = run(path)
+    recorded = result.steps["recorded-not-failed"]
+    assert recorded.status == "succeeded"
+    assert recorded.output["status"] == 0
+    assert "ConnectError" in recorded.output["error"]
     assert result.steps["check"].output == {"message": "200 True"}
     assert receiver.requests[0]["json"] == {"name": "thing"}
     assert receiver.requests[0]["headers"]["X-Test"] == "yes"
