@@ -40,7 +40,15 @@ from tasks.backup.model import (
     new_backup_id,
     source_slug,
 )
-from tasks.backup.stream import READ_SIZE, CountingReader, Job, Sink
+from tasks.backup.stream import (
+    READ_SIZE,
+    BackgroundWriter,
+    CountingReader,
+    Job,
+    Sink,
+    Tool,
+    copy,
+)
 
 STALE_AFTER = timedelta(minutes=10)  # a writer on another host without a heartbeat for this long
 
@@ -273,6 +281,7 @@ class Stored:
 
     def __init__(self, entry: Backup, job: Job, *, decrypt: bool = True):
         self.entry = entry
+        self.job = job
         self._hash = hashlib.sha256()
         raw = destination_of(entry).open_reader(entry.key)
         job.progress.start(f"{entry.id}", entry.size)
@@ -321,6 +330,27 @@ class Stored:
                 f"backup {self.entry.id} ({self.entry.source}) is corrupt: zstd: {exc}"
             ) from None
         return target.count
+
+    def feed(self, proc: Tool, what: str, *, decompress: bool = True) -> int:
+        """Stream the content (zstd-decompressed, or as stored) into a tool's stdin from a
+        second thread, so decoding overlaps with the tool's work; the tool must exit 0."""
+        writer = BackgroundWriter(proc.stdin.write)
+        try:
+            if decompress:
+                size = self.decompress(writer.write)
+            else:
+                size = copy(self.reader, writer.write, self.job)
+            writer.close()
+            proc.stdin.close()
+        except BrokenPipeError:
+            raise proc.failure(proc.wait(), what) from None
+        except BaseException:
+            proc.kill()
+            with contextlib.suppress(BaseException):
+                writer.close()
+            raise
+        proc.check(what)
+        return size
 
 
 class _Counting:

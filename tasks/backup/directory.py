@@ -145,15 +145,7 @@ def extract(entry: Any, into: Path, job: Job) -> tuple[int, str]:
             stdout=subprocess.DEVNULL,
             env=_tar_env(),
         )
-        try:
-            size = handle.decompress(proc.stdin.write)
-            proc.stdin.close()
-        except BrokenPipeError:
-            raise proc.failure(proc.wait(), f"extracting backup {entry.id}") from None
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check(f"extracting backup {entry.id}")
+        size = handle.feed(proc, f"extracting backup {entry.id}")
         digest = handle.finish()
     return size, digest
 

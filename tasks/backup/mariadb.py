@@ -236,15 +236,7 @@ def load(entry: Any, server: MariaServer, database: str, job: Job) -> tuple[int,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
         )
-        try:
-            size = handle.decompress(proc.stdin.write)
-            proc.stdin.close()
-        except BrokenPipeError:
-            raise proc.failure(proc.wait(), f"restoring backup {entry.id}") from None
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check(f"restoring backup {entry.id} into {server.label(database)}")
+        size = handle.feed(proc, f"restoring backup {entry.id} into {server.label(database)}")
         return size, handle.finish()
 
 

@@ -225,15 +225,11 @@ def load(
             stdout=subprocess.DEVNULL,
             env=server.env(),
         )
-        try:
-            copy(handle.reader, proc.stdin.write, job)
-            proc.stdin.close()
-        except BrokenPipeError:
-            raise proc.failure(proc.wait(), f"restoring backup {entry.id}") from None
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check(f"restoring backup {entry.id} into {server.label(dbname)}")
+        handle.feed(
+            proc,
+            f"restoring backup {entry.id} into {server.label(dbname)}",
+            decompress=False,
+        )
         return handle.finish()
 
 
@@ -248,13 +244,7 @@ def _load_globals(entry: Any, server: PgServer, job: Job) -> tuple[int, str, int
             stdout=subprocess.DEVNULL,
             env=server.env(),
         )
-        try:
-            size = handle.decompress(proc.stdin.write)
-            proc.stdin.close()
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check(f"applying backup {entry.id}")
+        size = handle.feed(proc, f"applying backup {entry.id}")
         errors = sum(1 for line in proc.stderr_lines(last=10_000) if "ERROR:" in line)
         return size, handle.finish(), errors
 
@@ -348,15 +338,7 @@ def _read_through(entry: Any, job: Job) -> dict[str, Any]:
         proc = Tool(
             [pg_restore, "--file=/dev/null"], job, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
         )
-        try:
-            copy(handle.reader, proc.stdin.write, job)
-            proc.stdin.close()
-        except BrokenPipeError:
-            raise proc.failure(proc.wait(), f"reading backup {entry.id}") from None
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check(f"reading backup {entry.id} with pg_restore")
+        handle.feed(proc, f"reading backup {entry.id} with pg_restore", decompress=False)
         handle.finish()
     return {"pg_restore": "read the whole archive (no scratch_dsn: not restored)"}
 

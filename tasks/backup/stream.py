@@ -11,6 +11,7 @@ the tool's process group.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import signal
@@ -169,6 +170,9 @@ class Tool:
         except FileNotFoundError:
             raise BackupError(f"'{argv[0]}' is not installed (or not on PATH)") from None
         job.adopt(self.proc)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                grow_pipe(pipe.fileno())
         self._stderr = bytearray()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -217,6 +221,12 @@ class Tool:
             self.proc.wait(timeout=10)
 
 
+def grow_pipe(fd: int, size: int = 1 << 20) -> None:
+    """Bigger pipe buffers: fewer wake-ups between us and the tool (Linux; best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+
+
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -246,3 +256,42 @@ def compress(reader: Any, sink: Any, *, level: int = 3, threads: int = 0) -> Non
     zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True).copy_stream(
         reader, sink, read_size=READ_SIZE, write_size=READ_SIZE
     )
+
+
+class BackgroundWriter:
+    """Hands chunks to `write` on a thread, so producing the next chunk (decrypting,
+    decompressing) overlaps with the consumer (tar, pg_restore, mariadb) taking the last one.
+
+    A failure of `write` (the tool died: BrokenPipeError) is raised by the next `write` or by
+    `close`; the thread keeps draining the queue so the producer never blocks on a dead tool.
+    """
+
+    def __init__(self, write: Callable[[bytes], Any], depth: int = 8):
+        import queue
+
+        self._write = write
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ktlo-backup-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(chunk)
+                except BaseException as exc:
+                    self._error = exc
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        """Wait until everything is written; raise what went wrong on the way."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
