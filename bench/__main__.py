@@ -6,13 +6,15 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from bench import backup, cold_run, engine_overhead, health_sweep
+from bench import backup, cold_run, engine_overhead, health_sweep, schedule_accuracy, workers
 from bench.common import Result, session
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
     "engine_overhead": engine_overhead.run,
     "cold_run": cold_run.run,
     "health_sweep": health_sweep.run,
+    "schedule_accuracy": schedule_accuracy.run,
+    "workers": workers.run,
     "backup": backup.run,
 }
 
