@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import Result, measure_alternating, ratio_line, rounds, session
+from bench.common import Result, measure, measure_alternating, ratio_line, rounds, session
 
 DIR_TARGET = 1.25  # time ratio for ≥ 0.8x throughput
 PG_TARGET = 1.1
@@ -284,7 +284,18 @@ def run() -> Result:
         work = Path(tempfile.mkdtemp(prefix="ktlo-bench-backup-", dir=scratch_root()))
         print(f"scratch: {work} ({n} timed rounds after one warm-up, alternating order)")
         try:
+            noop = _runbook(
+                s.home / "runbooks",
+                "bench-noop",
+                {"id": "n", "uses": "log", "with": {"message": "noop"}},
+            )
+            fixed = measure(_flow(noop), n)
+            print(
+                f"fixed cost of a one-step runbook run on this server: {fixed.median:.2f} s "
+                f"(part of every 'ktlo runbook' time below)"
+            )
             data = bench_directory(work, s.home / "runbooks", n)
+            data["one_step_runbook_s"] = round(fixed.median, 3)
             _reset(work / "data")
             data |= bench_postgres(work, s.home / "runbooks", n) or {}
         finally:

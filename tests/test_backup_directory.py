@@ -236,13 +236,42 @@ def _partials(root: Path) -> list[Path]:
     return [p for p in root.glob("*/.*.partial")] if root.is_dir() else []
 
 
+def _bulk(root: Path, mib: int = 96) -> Path:
+    """Hex text: compressible, so compressing it takes a while."""
+    root.mkdir()
+    for i in range(mib):
+        (root / f"part-{i:03d}.txt").write_bytes(os.urandom(1 << 19).hex().encode())
+    return root
+
+
+def test_step_timeout_stops_the_backup_and_records_it_failed(
+    home: Home, run: Any, tmp_path: Path
+) -> None:
+    src = _bulk(tmp_path / "bulk")
+    path = home.runbook(
+        "too-slow",
+        f"""
+        name: too-slow
+        steps:
+          - id: backup
+            uses: backup.directory
+            timeout_s: 0.3
+            with: {{path: "{src}"}}
+        """,
+    )
+    result = run(path)
+    assert result.status == "failed"
+    assert "timed out" in (result.steps["backup"].error or "")
+    [entry] = backups.entries(statuses=None)
+    assert entry.status == "failed"
+    assert _partials(home.path / "backups") == []
+    assert [p for p in (home.path / "backups").rglob("*") if p.is_file()] == []
+
+
 def test_sigkill_mid_write_leaves_no_backup_and_the_next_run_cleans_up(
     home: Home, run: Any, tmp_path: Path
 ) -> None:
-    src = tmp_path / "bulk"
-    src.mkdir()
-    for i in range(96):  # ~200 MB of hex text: compressible, so compressing takes a while
-        (src / f"part-{i:03d}.txt").write_bytes(os.urandom(1 << 20).hex().encode())
+    src = _bulk(tmp_path / "bulk", 192)
     dest = home.path / "backups"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(src)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,14 @@ class Writer(threading.Thread):
             self.error = exc
 
 
+def _wait_for_writes(writer: Writer, count: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while writer.written < count:
+        assert writer.error is None, writer.error
+        assert time.monotonic() < deadline, f"the writer is stuck at {writer.written} rows"
+        time.sleep(0.005)
+
+
 def _rows(path: Path) -> tuple[int, int, int]:
     conn = sqlite3.connect(path)
     try:
@@ -73,17 +82,17 @@ def test_backup_while_a_writer_inserts(home: Home, tmp_path: Path, journal: str)
     _create(db, journal)
     writer = Writer(db)
     writer.start()
+    ids: list[str] = []
     try:
-        while writer.written < 20:  # the writer is really going
-            threading.Event().wait(0.01)
+        _wait_for_writes(writer, 20)  # the writer is really going
         before = _rows(db)[0]
-        ids = [backup_sqlite(SqliteBackupInput(path=str(db)), Job()).entry.id for _ in range(3)]
-        written_meanwhile = writer.written
+        for _ in range(3):
+            ids.append(backup_sqlite(SqliteBackupInput(path=str(db)), Job()).entry.id)
+            _wait_for_writes(writer, writer.written + 5)  # and keeps going between backups
     finally:
         writer.stop.set()
         writer.join(timeout=30)
     assert writer.error is None
-    assert written_meanwhile > 20
     for n, backup_id in enumerate(ids):
         target = tmp_path / f"restored-{n}.db"
         out = restore_sqlite(SqliteRestoreInput(backup_id=backup_id, target=str(target)), Job())
