@@ -17,12 +17,16 @@ from tests.helpers import KTLO
 
 
 class Served:
-    """`ktlo serve` in a subprocess, with its output collected line by line."""
+    """`ktlo serve` in a subprocess, with its output collected line by line.
 
-    def __init__(self, env: dict[str, str], *args: str):
+    Deployments only, unless `webhook` asks for the receiver too (which needs a token in `env`).
+    """
+
+    def __init__(self, env: dict[str, str], *args: str, webhook: bool = False):
         self.lines: list[str] = []
+        receiver = [] if webhook else ["--no-webhook"]
         self.proc = subprocess.Popen(
-            [KTLO, "serve", "--poll", "1", *args],
+            [KTLO, "serve", "--poll", "1", *receiver, *args],
             env={**os.environ, **env, "COLUMNS": "200"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

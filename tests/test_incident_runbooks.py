@@ -36,7 +36,7 @@ def _serve(home: Home, receiver: Receiver, port: int) -> Served:
         "KTLO_WEBHOOK_TOKEN": TOKEN,
         "KTLO_CHANNELS": f"oncall=json://127.0.0.1:{receiver.port}/oncall",
     }
-    served = Served(env, "--port", str(port))
+    served = Served(env, "--port", str(port), webhook=True)
     served.wait_for("serving ", timeout=90)
 
     def answering() -> bool:

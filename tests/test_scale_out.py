@@ -147,7 +147,6 @@ def _write(stack: Stack, name: str, body: str) -> None:
 
 
 def _client_call(stack: Stack, fn: Any) -> Any:
-    os.environ["PREFECT_API_URL"] = stack.api
     from prefect.client.orchestration import PrefectClient
 
     async def go() -> Any:

@@ -291,3 +291,12 @@ def test_fuzzed_from_the_openapi_schema_never_5xx(receiver: Receiver) -> None:
     assert not failures, failures
     assert len(statuses) >= 100, "the fuzzer ran"
     assert {202, 422} <= set(statuses), sorted(set(statuses))
+
+
+@pytest.mark.parametrize("command", ["serve", "webhook"])
+def test_receiver_refuses_to_start_without_a_token(home: Home, command: str) -> None:
+    env = {**home.env, "KTLO_WEBHOOK_TOKEN": ""}
+    result = cli(command, "--port", "1", env=env, timeout=60)
+    assert result.returncode == 1
+    assert "KTLO_WEBHOOK_TOKEN is not set" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
