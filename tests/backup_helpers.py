@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_service
+from tests.conftest import require_service, unavailable
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MARIADB = "mysql://root@127.0.0.1:3306"
@@ -133,7 +133,7 @@ def pg_admin(statement: str) -> None:
 def pg_database(prefix: str = "ktlo_bt") -> Iterator[PgDb]:
     require_service("PostgreSQL", 5432)
     if not shutil.which("pg_dump"):
-        pytest.skip("pg_dump is not installed")
+        unavailable("pg_dump is not installed")
     db = PgDb(f"{prefix}_{uuid.uuid4().hex[:10]}")
     pg_admin(f'CREATE DATABASE "{db.name}"')
     try:
@@ -203,7 +203,7 @@ def maria_sql(statement: str, *args: Any, database: str | None = None) -> list[t
 def maria_database(prefix: str = "ktlo_bt") -> Iterator[MariaDb]:
     require_service("MariaDB", 3306)
     if not (shutil.which("mariadb-dump") or shutil.which("mysqldump")):
-        pytest.skip("mariadb-dump is not installed")
+        unavailable("mariadb-dump is not installed")
     db = MariaDb(f"{prefix}_{uuid.uuid4().hex[:10]}")
     maria_sql(f"CREATE DATABASE `{db.name}` CHARACTER SET utf8mb4")
     try:
@@ -294,7 +294,7 @@ def tiny_filesystem(path: Path, size: str = "1m", readonly: bool = False) -> Ite
         check=False,
     )
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         yield path
     finally:

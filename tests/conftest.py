@@ -34,6 +34,13 @@ def require_service(name: str, port: int) -> None:
     pytest.skip(f"{name} on 127.0.0.1:{port} is not running")
 
 
+def unavailable(reason: str) -> None:
+    """Skip on a laptop that lacks a tool or permission; in CI the lack is a failure."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the whole session (starting one costs 15-25 s)."""
@@ -47,6 +54,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     home = tmp_path_factory.mktemp("prefect-home")
+    # Some tests leave runs scheduled on purpose (deployments nobody serves); marking those
+    # late makes the SQLite-backed server fight itself for its lock.
+    os.environ.setdefault("PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED", "false")
     previous_home = os.environ.get("KTLO_HOME")
     os.environ["KTLO_HOME"] = str(home)
     reload_settings()

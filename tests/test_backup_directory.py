@@ -26,7 +26,7 @@ from tasks.backup.model import BackupError, DestinationSpec
 from tasks.backup.stream import Job
 from tasks.backup.verify import VerifyInput, verify_backup
 from tests.backup_helpers import make_tree, snapshot_tree, tiny_filesystem, unlock
-from tests.conftest import Home
+from tests.conftest import Home, unavailable
 from tests.helpers import REPO
 
 KEY = "dir-test-key-7f3a9c1e5b"
@@ -60,7 +60,7 @@ def test_round_trip_is_exact(home: Home, tree: Path, tmp_path: Path) -> None:
 
 def test_plain_object_restores_with_zstd_and_tar(home: Home, tree: Path, tmp_path: Path) -> None:
     if not shutil.which("zstd"):
-        pytest.skip("zstd is not installed")
+        unavailable("zstd is not installed")
     entry = backup_directory(DirectoryBackupInput(path=str(tree)), Job()).entry
     target = tmp_path / "by-hand"
     target.mkdir()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, Home
+from tests.conftest import Home, unavailable
 from tests.helpers import REPO
 from tests.serve_helpers import Served, api, deployment, wait_final, wait_until
 
@@ -44,9 +44,7 @@ steps:
 @pytest.fixture
 def browser() -> Any:
     if not Path(CHROMIUM).exists():
-        if IN_CI:
-            pytest.fail("chromium is not installed (CI installs it: apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+        unavailable("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

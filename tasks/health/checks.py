@@ -8,6 +8,7 @@ not a key of the runbook) and say which keys the check type takes.
 from __future__ import annotations
 
 import difflib
+from abc import abstractmethod
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
@@ -64,9 +65,9 @@ class CheckBase(CheckSettings):
     def critical(self) -> list[str]:
         return self.conditions or list(self.DEFAULT_CONDITIONS)
 
+    @abstractmethod
     def target(self) -> str:
         """Where the check looks, without credentials (shown in results and notifications)."""
-        raise NotImplementedError
 
 
 def _strip_credentials(url: str) -> str:

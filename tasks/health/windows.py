@@ -6,6 +6,7 @@ is sent and no remediation is started: the people doing the maintenance know.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,12 +41,13 @@ class _Window(BaseModel):
     def label(self) -> str:
         return self.description or self.describe()
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The window in words, for notices and `ktlo status`."""
 
+    @abstractmethod
     def active_until(self, now: datetime) -> datetime | None:
         """The end of the window `now` is in, or None when it is in none."""
-        raise NotImplementedError
 
 
 class CronWindow(_Window):
