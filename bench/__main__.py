@@ -6,7 +6,15 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from bench import backup, cold_run, engine_overhead, health_sweep, schedule_accuracy, workers
+from bench import (
+    backup,
+    cold_run,
+    engine_overhead,
+    health_sweep,
+    schedule_accuracy,
+    webhook,
+    workers,
+)
 from bench.common import Result, session
 
 BENCHMARKS: dict[str, Callable[[], Result]] = {
@@ -15,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "health_sweep": health_sweep.run,
     "schedule_accuracy": schedule_accuracy.run,
     "workers": workers.run,
+    "webhook": webhook.run,
     "backup": backup.run,
 }
 

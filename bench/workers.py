@@ -290,7 +290,7 @@ class Batch:
     per_worker: dict[str, int]
 
 
-def run_batch(stack: Stack, workers: int) -> Batch:
+def run_batch(stack: Stack, workers: int, label: str = "") -> Batch:
     """Create 20 runs, wait until all are final; wall time to the last one Completed."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -351,7 +351,7 @@ def run_batch(stack: Stack, workers: int) -> Batch:
         per_worker[name] = per_worker.get(name, 0) + 1
     batch = Batch(workers, wall, ids, queue, running, startup, dict(sorted(per_worker.items())))
     print(
-        f"  {workers} worker(s) x --limit {LIMIT}: {RUNS} runs in {wall:.2f} s; "
+        f"  {label}{workers} worker(s) x --limit {LIMIT}: {RUNS} runs in {wall:.2f} s; "
         f"created → Running median {statistics.median(queue):.2f} s, max {max(queue):.2f} s, "
         f"Pending → Running (process start) median {statistics.median(startup):.2f} s, "
         f"Running → Completed median {statistics.median(running):.2f} s; "
@@ -417,7 +417,7 @@ def run() -> Result:
         stack.ktlo("deploy", "--file", str(prefect_yaml))
         print(f"deployed from {prefect_yaml.name} in {time.perf_counter() - started:.1f} s")
         # Warm-up (untimed): the first runs on a fresh stack pay one-off costs.
-        warm = run_batch(stack, 1)
+        warm = run_batch(stack, 1, "warm-up, untimed: ")
         one: list[Batch] = []
         two: list[Batch] = []
         for i in range(n):

@@ -62,7 +62,7 @@ class Dispatcher:
         self,
         runbooks: RunbookIndex | None = None,
         on_flow_run: OnFlowRun | None = None,
-        concurrency: int = 16,
+        concurrency: int = 4,  # more only thrashes a SQLite-backed Prefect server ("database is locked")
     ):
         self.runbooks = runbooks or RunbookIndex()
         self.on_flow_run = on_flow_run
