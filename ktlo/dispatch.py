@@ -37,6 +37,7 @@ DEPLOYMENT_TTL_S = 30
 LEASE_S = 20  # an item claimed by a receiver that died is retried after this
 MAX_BACKOFF_S = 30
 NOT_DEPLOYED_ATTEMPTS = 30  # about ten minutes of waiting for `ktlo serve` to deploy it
+MAX_IN_FLIGHT = 50  # items claimed and not yet done, per dispatcher
 
 OnFlowRun = Callable[[str], Awaitable[None]]
 
@@ -62,7 +63,7 @@ class Dispatcher:
         self,
         runbooks: RunbookIndex | None = None,
         on_flow_run: OnFlowRun | None = None,
-        concurrency: int = 4,  # more only thrashes a SQLite-backed Prefect server ("database is locked")
+        concurrency: int = 4,  # Prefect calls at once; more only thrash a SQLite-backed server
     ):
         self.runbooks = runbooks or RunbookIndex()
         self.on_flow_run = on_flow_run
@@ -70,6 +71,7 @@ class Dispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self._client: Any = None  # one Prefect client for the dispatcher's life
         self._deployments: dict[str, tuple[Any, float]] = {}  # runbook → (deployment id, when)
+        self._inflight: dict[int | None, asyncio.Future[None]] = {}  # outbox id → its task
         self.stopping = False
 
     def wake(self) -> None:
@@ -259,26 +261,53 @@ class Dispatcher:
             log.error("resolved notice for %s: %s", item.target, exc)
 
     async def run_forever(self, idle_s: float = 1.0) -> None:
-        from prefect.client.orchestration import get_client
+        from ktlo.client import quick_client
 
-        async with get_client() as client:
+        async with quick_client() as client:
             self._client = client
-            await self._loop(idle_s)
+            try:
+                await self._loop(idle_s)
+            finally:
+                for task in list(self._inflight.values()):
+                    task.cancel()  # their items are retried once their lease ends
+
+    def _spawn(self, work: Awaitable[None], items: list[OutboxItem]) -> None:
+        task = asyncio.ensure_future(work)
+        for item in items:
+            self._inflight[item.id] = task
+
+        def done(_task: asyncio.Future[None]) -> None:
+            for item in items:
+                self._inflight.pop(item.id, None)
+            self._wake.set()  # room for more
+
+        task.add_done_callback(done)
 
     async def _loop(self, idle_s: float) -> None:
+        """Claim due items and start working them off without waiting for earlier ones.
+
+        A slow call (a run start while the Prefect server is busy) must not hold back the
+        incidents that arrive meanwhile: each item is its own task, bounded by `concurrency`.
+        """
         while not self.stopping:
-            try:
-                items = await asyncio.to_thread(self._claim)
-            except Exception as exc:
-                log.warning("outbox: cannot read the store: %s", exc)
-                items = []
-            if items:
-                events = [i for i in items if i.kind == "event"]
-                await asyncio.gather(
-                    self.emit_events(events), *(self.process(i) for i in items if i.kind != "event")
-                )
-                continue
             self._wake.clear()
+            room = MAX_IN_FLIGHT - len(self._inflight)
+            items: list[OutboxItem] = []
+            if room > 0:
+                try:
+                    claimed = await asyncio.to_thread(self._claim, room)
+                except Exception as exc:
+                    log.warning("outbox: cannot read the store: %s", exc)
+                    claimed = []
+                items = [i for i in claimed if i.id not in self._inflight]
+            events = [i for i in items if i.kind == "event"]
+            if events:
+                self._spawn(self.emit_events(events), events)
+            for item in items:
+                if item.kind != "event":
+                    self._spawn(self.process(item), [item])
+            if items and len(items) == room:
+                continue  # a full batch: more may be due
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
 

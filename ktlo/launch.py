@@ -47,10 +47,10 @@ async def astart_runbook(
 
     Pass an open Prefect `client` (and a known `deployment` id) to start many runs cheaply.
     """
-    from prefect.client.orchestration import get_client
+    from ktlo.client import quick_client
 
     if client is None:
-        async with get_client() as own:
+        async with quick_client() as own:
             return await astart_runbook(
                 runbook, params=params, idempotency_key=idempotency_key, tags=tags, client=own
             )
