@@ -140,3 +140,36 @@ def test_cli_audit_verify_exit_codes(home: Home) -> None:
     assert bad.returncode == 1
     assert "audit row 2 was modified" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_sqlite_writers_hand_the_process_lock_back_on_every_path(home: Home) -> None:
+    from sqlmodel import select
+
+    from ktlo.store.db import session, writer_lock
+    from ktlo.store.models import AuditEvent
+
+    eng = engine()
+    writer = writer_lock(eng)
+    assert writer is not None
+    audit.record("test.commit", "core")  # Core transaction, committed
+    assert not writer.locked()
+
+    def orm_failure() -> None:
+        with session() as s:
+            s.exec(select(AuditEvent)).all()
+            audit.record("test.rollback", "orm", s=s)
+            raise RuntimeError("boom")
+
+    def core_failure() -> None:
+        with eng.begin() as conn:
+            conn.execute(text("SELECT 1"))
+            raise RuntimeError("boom")
+
+    for failing in (orm_failure, core_failure):  # rolled back
+        with pytest.raises(RuntimeError):
+            failing()
+        assert not writer.locked()
+    with eng.connect() as conn:  # begun, then closed without commit or rollback
+        conn.begin()
+    assert not writer.locked()
+    assert audit.verify().rows == 1

@@ -1,13 +1,15 @@
 """One engine per database URL; the schema is created and migrated on first use.
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout and `BEGIN IMMEDIATE`
-transactions, so concurrent writers queue instead of failing with "database is locked".
+transactions, so concurrent writers queue instead of failing with "database is locked";
+within a process they queue on a lock, which hands over faster than SQLite's polling.
 PostgreSQL URLs are routed to psycopg 3.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,15 @@ from ktlo.settings import get_settings
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+WRITER_LOCK = "ktlo_writer"
+WRITER_WAIT_S = 30  # then go ahead anyway: SQLite's own busy timeout still applies
+_writers: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+def writer_lock(eng: Engine) -> threading.Lock | None:
+    """The lock this process's writers of a SQLite store take turns through (None elsewhere)."""
+    return _writers.get(eng)
+
 
 # Ordered schema migrations after the initial `create_all`: (version, description, fn).
 Migration = tuple[int, str, Callable[[Connection], None]]
@@ -46,9 +57,30 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
+    # Writers of this process take turns through a lock before `BEGIN IMMEDIATE`. SQLite
+    # itself serialises writers, but a writer that finds the database locked sleeps and
+    # polls (up to 100 ms a time), so under a burst some lose the race again and again: a
+    # webhook acknowledgement then took seconds. Waiting on a lock hands over at once.
+    # Correctness still rests on SQLite's lock (other processes share the file).
+    writer = threading.Lock()
+    _writers[engine] = writer
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if writer.acquire(timeout=WRITER_WAIT_S):
+            conn.info[WRITER_LOCK] = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn)
+            raise
+
+    def _release(conn: Connection) -> None:
+        if conn.info.pop(WRITER_LOCK, False):
+            writer.release()
+
+    event.listen(engine, "commit", _release)
+    event.listen(engine, "rollback", _release)
 
 
 def engine(url: str | None = None) -> Engine:
