@@ -93,13 +93,13 @@ def _runbook(directory: Path, name: str, step: dict[str, Any]) -> Path:
 
 
 def _flow(path: Path) -> Callable[[], dict[str, Any]]:
-    from flows.runbook import runbook_flow
+    from flows.runbook import run_result, runbook_flow
 
     def call() -> dict[str, Any]:
         state = asyncio.run(runbook_flow(runbook=str(path), return_state=True))
         if not state.is_completed():
             raise RuntimeError(f"{path.stem} ended {state.name}: {state.message}")
-        return dict(state.result())
+        return run_result(state.result())
 
     return call
 

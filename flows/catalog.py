@@ -61,7 +61,7 @@ def _docstring(rb: Runbook) -> str:
 def build_flow(rb: Runbook) -> Flow[Any, Any]:
     name = rb.name
 
-    async def run(**kwargs: Any) -> dict[str, Any]:
+    async def run(**kwargs: Any) -> Any:
         incident = kwargs.pop("incident", None)
         return await execute_runbook(name, kwargs, incident)
 

@@ -3,7 +3,9 @@
 Independent steps run concurrently (asyncio tasks in the flow's event loop); a step starts
 when everything it needs has finished. A failed step with `on_failure: abort` stops new steps
 from starting (running ones finish); with `continue` its dependants still run and the run is
-marked as succeeded with errors. Each step's result is stored and audited as it finishes.
+marked as succeeded with errors. Each step's result is stored and audited as it finishes, by
+a writer thread, so the next step does not wait for the store; the run ends only after every
+record is written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
+from prefect.utilities.annotations import quote
 from pydantic import ValidationError
 
 from ktlo import registry, secrets
@@ -104,6 +107,7 @@ class Executor:
         self.outputs: dict[str, Any] = {}
         self.results: dict[str, StepRun] = {}
         self._env = template_env()
+        self._records = runs.StepRecorder()
 
     def context(self) -> dict[str, Any]:
         ctx: dict[str, Any] = {
@@ -126,6 +130,12 @@ class Executor:
         return ctx
 
     async def run(self) -> Outcome:
+        try:
+            return await self._run()
+        finally:
+            await self._records.drain()
+
+    async def _run(self) -> Outcome:
         pending = [s for s in self.rb.steps]
         running: dict[asyncio.Task[StepRun], Step] = {}
         aborted_by: str | None = None
@@ -187,11 +197,11 @@ class Executor:
             started_at=now - timedelta(milliseconds=duration or 0),
             finished_at=now,
             duration_ms=duration,
-            summary=summary,
-            output=output,
-            error=error,
+            summary=secrets.redact(summary),
+            output=secrets.redact(output),
+            error=secrets.redact(error),
         )
-        runs.record_step(record)
+        self._records.add(record)
         return record
 
     async def _execute(self, step: Step) -> StepRun:
@@ -228,7 +238,9 @@ class Executor:
         )
         token = current_step.set(sctx)
         try:
-            output = await task(inputs)
+            # quote(): Prefect would otherwise walk the inputs (a sweep's 1,000 checks)
+            # looking for futures; step inputs never hold any.
+            output = await task(quote(inputs))
         except TimeoutError:
             return self._record(
                 step,

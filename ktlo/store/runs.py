@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from sqlalchemy import Table, and_, insert
@@ -47,12 +49,14 @@ def start_run(
 
 
 def record_step(step: StepRun) -> None:
-    """Store a finished step and its audit event in one transaction (Core: a hot path)."""
-    step.summary = secrets.redact(step.summary)
-    step.error = secrets.redact(step.error)
-    step.output = secrets.redact(step.output)
+    """Store a finished step and its audit event in one transaction (Core: a hot path).
+
+    The step is not changed (the engine hands it to a writer thread and goes on reading it).
+    """
     table: Table = StepRun.__table__  # type: ignore[attr-defined]
     values = {c.name: getattr(step, c.name) for c in table.columns if c.name != "id"}
+    for name in ("summary", "error", "output"):
+        values[name] = secrets.redact(values[name])
     with engine().begin() as conn:
         conn.execute(insert(table).values(**values))
         audit.record(
@@ -64,11 +68,39 @@ def record_step(step: StepRun) -> None:
                 "attempts": step.attempts,
                 "duration_ms": step.duration_ms,
                 "continued": step.continued,
-                "summary": step.summary,
-                "error": step.error,
+                "summary": values["summary"],
+                "error": values["error"],
             },
             s=conn,
         )
+
+
+class StepRecorder:
+    """Writes a run's step records in order on a thread of its own.
+
+    Each write is a transaction with its audit row; waiting for it in the flow's event loop
+    cost a step as much as the step's Prefect task run. `drain()` waits for every write and
+    raises the first error, so a run never ends with its records missing.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: list[Future[None]] = []
+
+    def add(self, step: StepRun) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ktlo-steps")
+        self._writes.append(self._pool.submit(record_step, step))
+
+    async def drain(self) -> None:
+        writes, self._writes = self._writes, []
+        if writes:
+            await asyncio.to_thread(wait, writes)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        for write in writes:
+            write.result()
 
 
 def finish_run(run_id: str, status: str, error: str | None = None) -> None:
