@@ -83,20 +83,27 @@ def test_typed_form_starts_a_run_that_completes_with_its_summary(
         assert batch.locator("input").input_value() == "2"
         batch.locator("input").fill("3")
         page.screenshot(path=str(OUTPUT / "ui-run-form.png"), full_page=True)
+
+        def runs_of_deployment() -> list[Any]:
+            # The deployment (runbook/restart) may have runs of earlier tests on this server.
+            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+            return list(
+                api(
+                    lambda c: c.read_flow_runs(
+                        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+                    )
+                )
+            )
+
+        earlier = {r.id for r in runs_of_deployment()}
         page.get_by_role("button", name="Submit").click()
         page.get_by_text("scheduled to start now").first.wait_for(timeout=30_000)
 
-        def newest_run() -> Any:
-            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+        def new_run() -> Any:
+            return next((r for r in runs_of_deployment() if r.id not in earlier), None)
 
-            runs = api(
-                lambda c: c.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
-                )
-            )
-            return runs[0] if runs else None
-
-        run = wait_until(newest_run, 30, "the flow run created from the form")
+        run = wait_until(new_run, 30, "the flow run created from the form")
         assert run.parameters == {"service": "worker", "batch": 3}
         final = wait_final(run.id, 90)
         assert final.state.is_completed(), final.state
