@@ -78,6 +78,17 @@ def _connection(target: Session | Connection) -> Connection:
     return target.connection() if isinstance(target, Session) else target
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One event to append (see `record_many`)."""
+
+    action: str
+    subject: str = ""
+    details: dict[str, Any] | None = None
+    run_id: str | None = None
+    actor: str | None = None
+
+
 def record(
     action: str,
     subject: str = "",
@@ -91,49 +102,50 @@ def record(
 
     Details are redacted and must be JSON-serialisable.
     """
-    clean = json.loads(json.dumps(secrets.redact(details or {}), default=str))
-    subject = secrets.redact(subject)
+    entry = Entry(action, subject, details, run_id, actor)
     if s is not None:
-        return _append(_connection(s), action, subject, clean, run_id, actor)
+        return record_many([entry], _connection(s))[0]
     with engine().begin() as conn:
-        return _append(conn, action, subject, clean, run_id, actor)
+        return record_many([entry], conn)[0]
 
 
-def _append(
-    conn: Connection,
-    action: str,
-    subject: str,
-    details: dict[str, Any],
-    run_id: str | None,
-    actor: str | None,
-) -> AuditEvent:
-    """Core statements, not the ORM: this runs once per step and per event, on the hot path."""
+def record_many(entries: list[Entry], conn: Connection) -> list[AuditEvent]:
+    """Append events in order inside the caller's transaction: one head read and update.
+
+    Core statements, not the ORM: this runs for every step and every incident.
+    """
+    if not entries:
+        return []
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
     head = conn.execute(select(_HEAD.c.last_id, _HEAD.c.last_hash).where(_HEAD.c.id == 1)).first()
     last_id, last_hash = (head[0], head[1]) if head else (0, GENESIS)
-    event = AuditEvent(
-        id=last_id + 1,
-        ts=utcnow(),
-        actor=actor or default_actor(),
-        action=action,
-        subject=subject,
-        run_id=run_id,
-        details=details,
-        prev_hash=last_hash,
-        hash="",
-    )
-    event.hash = _digest(event.prev_hash, _content(event))
+    events: list[AuditEvent] = []
+    for entry in entries:
+        event = AuditEvent(
+            id=last_id + 1,
+            ts=utcnow(),
+            actor=entry.actor or default_actor(),
+            action=entry.action,
+            subject=secrets.redact(entry.subject),
+            run_id=entry.run_id,
+            details=json.loads(json.dumps(secrets.redact(entry.details or {}), default=str)),
+            prev_hash=last_hash,
+            hash="",
+        )
+        event.hash = _digest(event.prev_hash, _content(event))
+        last_id, last_hash = event.id, event.hash
+        events.append(event)
     conn.execute(
-        insert(_EVENTS).values(**{c.name: getattr(event, c.name) for c in _EVENTS.columns})
+        insert(_EVENTS), [{c.name: getattr(e, c.name) for c in _EVENTS.columns} for e in events]
     )
     if head:
         conn.execute(
-            update(_HEAD).where(_HEAD.c.id == 1).values(last_id=event.id, last_hash=event.hash)
+            update(_HEAD).where(_HEAD.c.id == 1).values(last_id=last_id, last_hash=last_hash)
         )
     else:
-        conn.execute(insert(_HEAD).values(id=1, last_id=event.id, last_hash=event.hash))
-    return event
+        conn.execute(insert(_HEAD).values(id=1, last_id=last_id, last_hash=last_hash))
+    return events
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,39 @@
 """Durable intake: incidents and the work they cause are stored before the alert is acknowledged.
 
-`receive()` runs in one transaction per request: new incidents are opened (with one
+`store()` keeps a batch of requests in one transaction: new incidents are opened (with one
 `start_run` outbox row per matching runbook and an `opened` event), repeats of an open
 incident are counted, resolutions close the incident (with a `resolved` event and a notice
-to the runbooks' channels). The dispatcher (`ktlo.dispatch`) does the rest afterwards.
+to the runbooks' channels). `Intake` is the receiver's single writer: requests that arrive
+together are stored together (group commit), so a burst costs one transaction per batch, not
+per alert. The dispatcher (`ktlo.dispatch`) does the rest afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
 
 from ktlo import audit, secrets
 from ktlo.incidents import Incident, matching_runbooks
 from ktlo.runbook import Runbook
 from ktlo.settings import get_settings
-from ktlo.store.db import session
+from ktlo.store.db import engine
 from ktlo.store.incidents import IncidentRecord, OutboxItem
 from ktlo.store.models import utcnow
+
+_INCIDENTS: Table = IncidentRecord.__table__  # type: ignore[attr-defined]
+_OUTBOX: Table = OutboxItem.__table__  # type: ignore[attr-defined]
+MAX_BATCH = 64
 
 
 @dataclass
@@ -61,105 +72,241 @@ class RunbookIndex:
         return next((rb for rb in self.runbooks() if rb.name == name), None)
 
 
-def incident_params(record: IncidentRecord, incident: Incident) -> dict[str, Any]:
+def incident_params(incident_id: str, incident: Incident) -> dict[str, Any]:
     """The `incident` a triggered run receives (and its templates see)."""
     data = incident.model_dump(mode="json")
-    data["id"] = record.id
+    data["id"] = incident_id
     return secrets.redact(data)
 
 
-def _open(s: Session, incident: Incident, runbooks: list[Runbook]) -> Ack:
-    matched = [rb.name for rb in matching_runbooks(runbooks, incident)]
-    record = IncidentRecord(
-        id=str(uuid.uuid4()),
-        key=incident.key,
-        source=incident.source,
-        status="open",
-        severity=incident.severity,
-        summary=incident.summary,
-        labels=incident.labels,
-        annotations=incident.annotations,
-        url=incident.url,
-        matched=matched,
-        raw=secrets.redact(incident.raw),
-    )
-    s.add(record)
-    s.flush()  # the partial unique index refuses a second open incident for this key here
-    params = incident_params(record, incident)
-    for name in matched:
-        s.add(OutboxItem(incident_id=record.id, kind="start_run", target=name, payload=params))
-    s.add(
-        OutboxItem(
-            incident_id=record.id, kind="event", target="ktlo.incident.opened", payload=params
+@dataclass
+class _Open:
+    """An open incident as this batch knows it."""
+
+    id: str
+    matched: list[str]
+    repeats: int = 0
+
+
+@dataclass
+class _Batch:
+    """The statements one batch needs, gathered first, executed together."""
+
+    conn: Connection
+    open: dict[str, _Open]
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    events: list[audit.Entry] = field(default_factory=list)
+
+    def work(self, incident_id: str, kind: str, target: str, payload: dict[str, Any]) -> None:
+        now = utcnow()
+        self.outbox.append(
+            {
+                "incident_id": incident_id,
+                "kind": kind,
+                "target": target,
+                "payload": payload,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
         )
-    )
-    audit.record(
-        "incident.opened",
-        incident.key,
-        details={"incident_id": record.id, "summary": incident.summary, "runbooks": matched},
-        actor=f"webhook:{incident.source}",
-        s=s,
-    )
-    return Ack(incident.key, record.id, "opened", matched)
 
-
-def _resolve(s: Session, record: IncidentRecord, incident: Incident) -> Ack:
-    record.status = "resolved"
-    record.resolved_at = utcnow()
-    record.last_seen = record.resolved_at
-    s.add(record)
-    params = incident_params(record, incident)
-    s.add(
-        OutboxItem(
-            incident_id=record.id, kind="event", target="ktlo.incident.resolved", payload=params
-        )
-    )
-    for name in record.matched:
-        s.add(
-            OutboxItem(incident_id=record.id, kind="resolved_notice", target=name, payload=params)
-        )
-    audit.record(
-        "incident.resolved",
-        incident.key,
-        details={"incident_id": record.id, "summary": incident.summary},
-        actor=f"webhook:{incident.source}",
-        s=s,
-    )
-    return Ack(incident.key, record.id, "resolved", list(record.matched))
-
-
-def _one(s: Session, incident: Incident, runbooks: list[Runbook]) -> Ack:
-    query = (
-        select(IncidentRecord)
-        .where(IncidentRecord.key == incident.key)
-        .where(IncidentRecord.status == "open")
-    )
-    if s.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    record = s.exec(query).first()
-    if incident.status == "resolved":
-        if record is None:
-            audit.record(
-                "incident.resolved_unknown", incident.key, actor=f"webhook:{incident.source}", s=s
+    def open_incident(self, incident: Incident, runbooks: list[Runbook]) -> Ack:
+        matched = [rb.name for rb in matching_runbooks(runbooks, incident)]
+        now = utcnow()
+        record_id = str(uuid.uuid4())
+        # Executed at once: the partial unique index refuses a second open incident for the
+        # key here (another receiver was first), and the batch falls back to one by one.
+        self.conn.execute(
+            insert(_INCIDENTS).values(
+                id=record_id,
+                key=incident.key,
+                source=incident.source,
+                status="open",
+                severity=incident.severity,
+                summary=incident.summary,
+                labels=incident.labels,
+                annotations=incident.annotations,
+                url=incident.url,
+                matched=matched,
+                repeats=0,
+                first_seen=now,
+                last_seen=now,
+                raw=secrets.redact(incident.raw),
             )
-            return Ack(incident.key, None, "unknown")
-        return _resolve(s, record, incident)
-    if record is not None:
-        record.repeats += 1
-        record.last_seen = utcnow()
-        s.add(record)
-        return Ack(incident.key, record.id, "repeat", list(record.matched))
-    return _open(s, incident, runbooks)
+        )
+        self.open[incident.key] = _Open(record_id, matched)
+        params = incident_params(record_id, incident)
+        for name in matched:
+            self.work(record_id, "start_run", name, params)
+        self.work(record_id, "event", "ktlo.incident.opened", params)
+        details = {"incident_id": record_id, "summary": incident.summary, "runbooks": matched}
+        self.events.append(
+            audit.Entry("incident.opened", incident.key, details, actor=_actor(incident))
+        )
+        return Ack(incident.key, record_id, "opened", matched)
+
+    def resolve(self, known: _Open, incident: Incident) -> Ack:
+        self.flush_repeats(known)
+        now = utcnow()
+        self.conn.execute(
+            update(_INCIDENTS)
+            .where(_INCIDENTS.c.id == known.id)
+            .values(status="resolved", resolved_at=now, last_seen=now)
+        )
+        del self.open[incident.key]
+        params = incident_params(known.id, incident)
+        self.work(known.id, "event", "ktlo.incident.resolved", params)
+        for name in known.matched:
+            self.work(known.id, "resolved_notice", name, params)
+        details = {"incident_id": known.id, "summary": incident.summary}
+        self.events.append(
+            audit.Entry("incident.resolved", incident.key, details, actor=_actor(incident))
+        )
+        return Ack(incident.key, known.id, "resolved", list(known.matched))
+
+    def flush_repeats(self, known: _Open) -> None:
+        if known.repeats:
+            self.conn.execute(
+                update(_INCIDENTS)
+                .where(_INCIDENTS.c.id == known.id)
+                .values(repeats=_INCIDENTS.c.repeats + known.repeats, last_seen=utcnow())
+            )
+            known.repeats = 0
+
+    def one(self, incident: Incident, runbooks: list[Runbook]) -> Ack:
+        known = self.open.get(incident.key)
+        if incident.status == "resolved":
+            if known is None:
+                unknown = audit.Entry(
+                    "incident.resolved_unknown", incident.key, actor=_actor(incident)
+                )
+                self.events.append(unknown)
+                return Ack(incident.key, None, "unknown")
+            return self.resolve(known, incident)
+        if known is not None:
+            known.repeats += 1
+            return Ack(incident.key, known.id, "repeat", list(known.matched))
+        return self.open_incident(incident, runbooks)
+
+    def finish(self) -> None:
+        for known in self.open.values():
+            self.flush_repeats(known)
+        if self.outbox:
+            self.conn.execute(insert(_OUTBOX), self.outbox)
+        audit.record_many(self.events, self.conn)
 
 
-def receive(incidents: list[Incident], runbooks: list[Runbook], attempts: int = 3) -> list[Ack]:
-    """Store a request's incidents and their outbox work atomically; returns what happened."""
+def _actor(incident: Incident) -> str:
+    return f"webhook:{incident.source}"
+
+
+def _open_incidents(conn: Connection, keys: set[str]) -> dict[str, _Open]:
+    query = select(_INCIDENTS.c.key, _INCIDENTS.c.id, _INCIDENTS.c.matched).where(
+        _INCIDENTS.c.status == "open", _INCIDENTS.c.key.in_(sorted(keys))
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return {key: _Open(id_, list(matched or [])) for key, id_, matched in conn.execute(query)}
+
+
+Request = tuple[Sequence[Incident], list[Runbook]]
+
+
+def store(requests: Sequence[Request]) -> list[list[Ack]]:
+    """Store every request's incidents, in order, in one transaction; the acks per request.
+
+    Raises `IntegrityError` when another receiver opened one of the incidents first.
+    """
+    keys = {incident.key for incidents, _ in requests for incident in incidents}
+    with engine().begin() as conn:
+        batch = _Batch(conn, _open_incidents(conn, keys))
+        acks = [
+            [batch.one(incident, runbooks) for incident in incidents]
+            for incidents, runbooks in requests
+        ]
+        batch.finish()
+    return acks
+
+
+def receive(incidents: Sequence[Incident], runbooks: list[Runbook], attempts: int = 3) -> list[Ack]:
+    """Store one request's incidents and their outbox work atomically; returns what happened."""
     for attempt in range(attempts):
         try:
-            with session() as s:
-                return [_one(s, incident, runbooks) for incident in incidents]
+            return store([(incidents, runbooks)])[0]
         except IntegrityError:
-            # Another request opened the same incident first: this one is a repeat.
+            # Another receiver opened the same incident first: this one is a repeat.
             if attempt == attempts - 1:
                 raise
     return []
+
+
+class Intake:
+    """The receiver's writer thread: concurrent requests are stored in one transaction.
+
+    `await intake.receive(...)` returns once the request's incidents are committed. When a
+    batch meets an incident another receiver opened meanwhile, its requests are stored one
+    by one (each then sees the other's incident and counts a repeat).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Request, Future[list[Ack]]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def receive(self, incidents: Sequence[Incident], runbooks: list[Runbook]) -> list[Ack]:
+        done: Future[list[Ack]] = Future()
+        self._start()
+        self._queue.put(((incidents, runbooks), done))
+        return await asyncio.wrap_future(done)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ktlo-intake", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            self._store(batch)
+
+    @staticmethod
+    def _store(batch: list[tuple[Request, Future[list[Ack]]]]) -> None:
+        try:
+            results = store([request for request, _ in batch])
+        except IntegrityError:
+            for (incidents, runbooks), done in batch:
+                _settle(done, lambda i=incidents, r=runbooks: receive(i, r))
+            return
+        except Exception as exc:
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        for (_, done), acks in zip(batch, results, strict=True):
+            done.set_result(acks)
+
+
+def _settle(done: Future[list[Ack]], work: Any) -> None:
+    try:
+        done.set_result(work())
+    except Exception as exc:
+        done.set_exception(exc)

@@ -30,7 +30,7 @@ from ktlo.incidents import (
     PagerDutyPayload,
     normalise,
 )
-from ktlo.intake import Ack, RunbookIndex, receive
+from ktlo.intake import Ack, Intake, RunbookIndex
 
 MAX_BODY = 1024 * 1024
 Scope = dict[str, Any]
@@ -159,6 +159,7 @@ def create_app(
 ) -> Any:
     """The receiver as an ASGI app (guard around FastAPI). `token` None means no auth."""
     index = runbooks or (dispatcher.runbooks if dispatcher else RunbookIndex())
+    intake = Intake()
     app = FastAPI(
         title="ktlo incident receiver",
         version=__version__,
@@ -187,7 +188,7 @@ def create_app(
 
     async def accept(source: str, payload: BaseModel) -> JSONResponse:
         incidents = normalise(source, payload)
-        acks = await run_in_threadpool(receive, incidents, index.runbooks())
+        acks = await intake.receive(incidents, index.runbooks())
         if dispatcher is not None:
             dispatcher.wake()
         return JSONResponse(status_code=202, content=_ack_json(acks))
