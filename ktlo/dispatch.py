@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
-from sqlmodel import col, select
+from sqlalchemy import Table, func, or_, select, update
 
 from ktlo import audit, notify
 from ktlo.errors import KtloError
 from ktlo.intake import RunbookIndex
 from ktlo.launch import NotDeployed, astart_runbook, deployment_id
-from ktlo.store.db import engine, session
+from ktlo.store.db import engine
 from ktlo.store.incidents import OutboxItem
 from ktlo.store.models import utcnow
 
 log = logging.getLogger("ktlo.dispatch")
 
+_OUTBOX: Table = OutboxItem.__table__  # type: ignore[attr-defined]
 EVENT_NAMESPACE = uuid.UUID("5b6a3c0e-7f61-4a51-9d2e-6c1b1f0a2b7d")
 DEPLOYMENT_TTL_S = 30
 LEASE_S = 20  # an item claimed by a receiver that died is retried after this
@@ -42,11 +42,23 @@ MAX_IN_FLIGHT = 50  # items claimed and not yet done, per dispatcher
 OnFlowRun = Callable[[str], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Work:
+    """A claimed outbox row: what the dispatcher needs of it."""
+
+    id: int
+    incident_id: str
+    kind: str
+    target: str
+    payload: dict[str, Any]
+    attempts: int
+
+
 @dataclass
 class Done:
     """How working off one outbox item ended (and what to audit about it)."""
 
-    item: OutboxItem
+    item: Work
     result: str | None = None
     error: str | None = None
     retry_in: float | None = None
@@ -71,69 +83,86 @@ class Dispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self._client: Any = None  # one Prefect client for the dispatcher's life
         self._deployments: dict[str, tuple[Any, float]] = {}  # runbook → (deployment id, when)
-        self._inflight: dict[int | None, asyncio.Future[None]] = {}  # outbox id → its task
+        self._inflight: dict[int, asyncio.Future[None]] = {}  # outbox id → its task
+        self._outcomes: list[tuple[list[Done], asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self.stopping = False
 
     def wake(self) -> None:
         self._wake.set()
 
-    def _claim(self, batch: int = 50) -> list[OutboxItem]:
+    def _claim(self, batch: int = 50) -> list[Work]:
+        """Lease due items to this dispatcher (Core statements: this runs for every alert)."""
         now = utcnow()
-        lease = now + timedelta(seconds=LEASE_S)
-        table = OutboxItem.__table__  # type: ignore[attr-defined]
-        claimed: list[OutboxItem] = []
-        with session() as s:
-            due = s.exec(
-                select(OutboxItem)
-                .where(OutboxItem.status == "pending")
-                .where(col(OutboxItem.next_attempt_at) <= now)
-                .where(
-                    or_(
-                        col(OutboxItem.claimed_until).is_(None), col(OutboxItem.claimed_until) < now
-                    )
-                )
-                .order_by(col(OutboxItem.id))
+        t = _OUTBOX
+        free = or_(t.c.claimed_until.is_(None), t.c.claimed_until < now)
+        columns = (t.c.id, t.c.incident_id, t.c.kind, t.c.target, t.c.payload, t.c.attempts)
+        with engine().begin() as conn:
+            due = conn.execute(
+                select(*columns)
+                .where(t.c.status == "pending", t.c.next_attempt_at <= now, free)
+                .order_by(t.c.id)
                 .limit(batch)
             ).all()
-            for item in due:
-                taken = s.execute(
-                    update(table)
-                    .where(table.c.id == item.id)
-                    .where(or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
-                    .values(claimed_until=lease)
+            if not due:
+                return []
+            taken = {
+                row[0]
+                for row in conn.execute(
+                    update(t)
+                    .where(t.c.id.in_([row[0] for row in due]), free)
+                    .values(claimed_until=now + timedelta(seconds=LEASE_S))
+                    .returning(t.c.id)
                 )
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append(item)
-        return claimed
+            }
+        return [Work(*row) for row in due if row[0] in taken]
 
     def _apply(self, outcomes: list[Done]) -> None:
         """Record outcomes (and their audit events) in one transaction."""
-        with session() as s:
+        t = _OUTBOX
+        now = utcnow()
+        entries: list[audit.Entry] = []
+        with engine().begin() as conn:
             for o in outcomes:
-                row = s.get(OutboxItem, o.item.id)
-                if row is None:
-                    continue
-                row.attempts += 1
-                row.claimed_until = None
+                values: dict[str, Any] = {"attempts": t.c.attempts + 1, "claimed_until": None}
                 if o.retry_in is not None and not o.failed:
-                    row.next_attempt_at = utcnow() + timedelta(seconds=o.retry_in)
-                    row.error = o.error
+                    values.update(
+                        next_attempt_at=now + timedelta(seconds=o.retry_in), error=o.error
+                    )
                 else:
-                    row.status = "failed" if o.failed else "done"
-                    row.done_at = utcnow()
-                    row.result = o.result
-                    row.error = o.error
-                s.add(row)
+                    values.update(
+                        status="failed" if o.failed else "done",
+                        done_at=now,
+                        result=o.result,
+                        error=o.error,
+                    )
+                conn.execute(update(t).where(t.c.id == o.item.id).values(**values))
                 if o.audit is not None:
                     action, subject, details, run_id = o.audit
-                    audit.record(
-                        action, subject, details=details, run_id=run_id, actor="ktlo-dispatch", s=s
-                    )
+                    entries.append(audit.Entry(action, subject, details, run_id, "ktlo-dispatch"))
+            audit.record_many(entries, conn)
 
     async def _finish(self, *outcomes: Done) -> None:
-        await asyncio.to_thread(self._apply, list(outcomes))
+        """Record outcomes; those that end meanwhile are written in the same transaction."""
+        recorded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((list(outcomes), recorded))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_outcomes())
+        await recorded
 
-    async def process(self, item: OutboxItem) -> None:
+    async def _record_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await asyncio.to_thread(self._apply, [o for outcomes, _ in batch for o in outcomes])
+            except Exception as exc:
+                for _, recorded in batch:
+                    recorded.set_exception(exc)
+            else:
+                for _, recorded in batch:
+                    recorded.set_result(None)
+
+    async def process(self, item: Work) -> None:
         async with self._limit:
             try:
                 if item.kind == "start_run":
@@ -175,7 +204,7 @@ class Dispatcher:
         self._deployments[runbook] = (found, loop.time())
         return found
 
-    async def _start_run(self, item: OutboxItem) -> None:
+    async def _start_run(self, item: Work) -> None:
         from prefect.exceptions import ObjectNotFound
 
         try:
@@ -200,7 +229,7 @@ class Dispatcher:
                 log.warning("could not hand flow run %s to the runner: %s", flow_run_id, exc)
 
     @staticmethod
-    def _event(item: OutboxItem) -> dict[str, Any]:
+    def _event(item: Work) -> dict[str, Any]:
         incident: dict[str, Any] = item.payload
         labels = {
             k: str(v)
@@ -224,7 +253,7 @@ class Dispatcher:
             "payload": {"incident": incident},
         }
 
-    async def emit_events(self, items: list[OutboxItem]) -> None:
+    async def emit_events(self, items: list[Work]) -> None:
         """All events of a batch in one request (self-hosted servers take POST /api/events)."""
         if not items:
             return
@@ -242,7 +271,7 @@ class Dispatcher:
             return
         await self._finish(*(Done(i, result="emitted") for i in items))
 
-    def _notice(self, item: OutboxItem) -> None:
+    def _notice(self, item: Work) -> None:
         rb = self.runbooks.get(item.target)
         if rb is None:
             return
@@ -271,7 +300,7 @@ class Dispatcher:
                 for task in list(self._inflight.values()):
                     task.cancel()  # their items are retried once their lease ends
 
-    def _spawn(self, work: Awaitable[None], items: list[OutboxItem]) -> None:
+    def _spawn(self, work: Awaitable[None], items: list[Work]) -> None:
         task = asyncio.ensure_future(work)
         for item in items:
             self._inflight[item.id] = task
@@ -292,7 +321,7 @@ class Dispatcher:
         while not self.stopping:
             self._wake.clear()
             room = MAX_IN_FLIGHT - len(self._inflight)
-            items: list[OutboxItem] = []
+            items: list[Work] = []
             if room > 0:
                 try:
                     claimed = await asyncio.to_thread(self._claim, room)
@@ -312,16 +341,11 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
 
     def pending(self) -> int:
-        from sqlmodel import func
-
-        with session() as s:
-            return int(
-                s.exec(
-                    select(func.count())
-                    .select_from(OutboxItem)
-                    .where(OutboxItem.status == "pending")
-                ).one()
-            )
+        with engine().connect() as conn:
+            count = conn.execute(
+                select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == "pending")
+            ).scalar()
+        return int(count or 0)
 
 
 def store_ok() -> bool:
