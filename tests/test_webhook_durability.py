@@ -238,6 +238,9 @@ def test_receiver_killed_mid_burst_loses_no_acknowledged_incident(home: Home, we
 def test_alerts_wait_while_the_prefect_api_is_down(
     home: Home, webhook: Any, tmp_path: Path
 ) -> None:
+    from prefect.context import refresh_global_settings_context
+
+    session_api = os.environ["PREFECT_API_URL"]
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server_env = {
@@ -280,8 +283,6 @@ def test_alerts_wait_while_the_prefect_api_is_down(
     try:
         name = _runbook(home)
         os.environ["PREFECT_API_URL"] = api
-        from prefect.context import refresh_global_settings_context
-
         refresh_global_settings_context()
         deployment_id = _deploy(name)
         receiver = webhook(env={"PREFECT_API_URL": api})
@@ -310,3 +311,5 @@ def test_alerts_wait_while_the_prefect_api_is_down(
     finally:
         server.terminate()
         server.wait(timeout=30)
+        os.environ["PREFECT_API_URL"] = session_api  # the tests after this one use it
+        refresh_global_settings_context()
