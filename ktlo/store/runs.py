@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import queue
+import threading
 from typing import Any
 
 from sqlalchemy import Table, and_, insert
@@ -48,59 +49,80 @@ def start_run(
         return run
 
 
-def record_step(step: StepRun) -> None:
-    """Store a finished step and its audit event in one transaction (Core: a hot path).
+def record_steps(steps: list[StepRun]) -> None:
+    """Store finished steps and their audit events in one transaction (Core: a hot path).
 
-    The step is not changed (the engine hands it to a writer thread and goes on reading it).
+    The steps are not changed (the engine hands them to a writer thread and reads them on).
     """
     table: Table = StepRun.__table__  # type: ignore[attr-defined]
-    values = {c.name: getattr(step, c.name) for c in table.columns if c.name != "id"}
-    for name in ("summary", "error", "output"):
-        values[name] = secrets.redact(values[name])
+    rows, entries = [], []
+    for step in steps:
+        values = {c.name: getattr(step, c.name) for c in table.columns if c.name != "id"}
+        for name in ("summary", "error", "output"):
+            values[name] = secrets.redact(values[name])
+        rows.append(values)
+        details = {
+            "uses": step.uses,
+            "attempts": step.attempts,
+            "duration_ms": step.duration_ms,
+            "continued": step.continued,
+            "summary": values["summary"],
+            "error": values["error"],
+        }
+        entries.append(audit.Entry(f"step.{step.status}", step.step_id, details, step.run_id))
     with engine().begin() as conn:
-        conn.execute(insert(table).values(**values))
-        audit.record(
-            f"step.{step.status}",
-            step.step_id,
-            run_id=step.run_id,
-            details={
-                "uses": step.uses,
-                "attempts": step.attempts,
-                "duration_ms": step.duration_ms,
-                "continued": step.continued,
-                "summary": values["summary"],
-                "error": values["error"],
-            },
-            s=conn,
-        )
+        conn.execute(insert(table), rows)
+        audit.record_many(entries, conn)
 
 
 class StepRecorder:
     """Writes a run's step records in order on a thread of its own.
 
-    Each write is a transaction with its audit row; waiting for it in the flow's event loop
-    cost a step as much as the step's Prefect task run. `drain()` waits for every write and
-    raises the first error, so a run never ends with its records missing.
+    Waiting for each write in the flow's event loop cost a step as much as its Prefect task
+    run; here steps that finish while a write is under way go into the next transaction
+    together. `drain()` waits for every write and raises the first error, so a run never
+    ends with its records missing.
     """
 
     def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._writes: list[Future[None]] = []
+        self._queue: queue.SimpleQueue[StepRun | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def add(self, step: StepRun) -> None:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ktlo-steps")
-        self._writes.append(self._pool.submit(record_step, step))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="ktlo-steps", daemon=True)
+            self._thread.start()
+        self._queue.put(step)
+
+    def _write(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[StepRun] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch and self._error is None:
+                try:
+                    record_steps(batch)
+                except BaseException as exc:
+                    self._error = exc
 
     async def drain(self) -> None:
-        writes, self._writes = self._writes, []
-        if writes:
-            await asyncio.to_thread(wait, writes)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-            self._pool = None
-        for write in writes:
-            write.result()
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join)
+        if self._error is not None:
+            raise self._error
 
 
 def finish_run(run_id: str, status: str, error: str | None = None) -> None:
