@@ -13,7 +13,6 @@ import inspect
 from typing import Annotated, Any
 
 from prefect import Flow, flow
-from prefect.runtime import flow_run as runtime_flow_run
 
 from flows.runbook import END_HOOKS, FLOW_NAME, execute_runbook
 from ktlo.deployments import attribute_name
@@ -73,12 +72,8 @@ def build_flow(rb: Runbook) -> Flow[Any, Any]:
     run.__module__ = __name__
     run.__ktlo_runbook__ = name  # type: ignore[attr-defined]
 
-    def run_name() -> str:
-        return f"{name}-{runtime_flow_run.scheduled_start_time:%Y%m%d-%H%M%S}"
-
     return flow(
         name=FLOW_NAME,
-        flow_run_name=run_name,
         description=rb.description or None,
         validate_parameters=False,  # execute_runbook validates, records and explains
         **END_HOOKS,

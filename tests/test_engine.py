@@ -385,8 +385,9 @@ def test_notify_step_with_a_named_channel(
     assert receiver.json_urls()[0]["title"] == "maintenance"
 
 
-def test_summary_artifact_lists_every_step(home: Home, run: Any) -> None:
+def test_summary_artifact_and_run_name(home: Home, run: Any) -> None:
     import asyncio
+    import re
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -407,17 +408,19 @@ def test_summary_artifact_lists_every_step(home: Home, run: Any) -> None:
     )
     result = run(path)
 
-    async def read() -> list[Any]:
+    flow_run_id = result.state.state_details.flow_run_id
+
+    async def read() -> tuple[list[Any], str]:
         async with get_client() as client:
-            return await client.read_artifacts(
+            artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(
-                        any_=[result.state.state_details.flow_run_id]
-                    )
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
                 )
             )
+            return artifacts, (await client.read_flow_run(flow_run_id)).name
 
-    artifacts = asyncio.run(read())
+    artifacts, name = asyncio.run(read())
+    assert re.fullmatch(r"summarised-\d{8}-\d{6}", name), name
     assert len(artifacts) == 1
     body = artifacts[0].data
     assert artifacts[0].key == "runbook-summarised"

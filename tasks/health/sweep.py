@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from ktlo import secrets
-from ktlo.context import get_step_context
+from ktlo.context import flow_client, get_step_context
 from ktlo.errors import StepFailed
 from ktlo.registry import step_task
 from ktlo.store.models import utcnow
@@ -176,7 +176,7 @@ def _artifact_key(scope: Scope) -> str:
 
 async def _publish(out: SweepOutput, scope: Scope) -> None:
     """A table artifact per sweep: check, state, latency, since (failing checks first)."""
-    from prefect.artifacts import acreate_table_artifact
+    from prefect.artifacts import TableArtifact
 
     rows: list[dict[str, Any]] = [
         {
@@ -190,10 +190,10 @@ async def _publish(out: SweepOutput, scope: Scope) -> None:
         for r in sorted(out.checks, key=lambda r: (ORDER[r.state], r.name))
     ]
     try:
-        await acreate_table_artifact(
+        await TableArtifact(
             table=secrets.redact(rows),
             key=_artifact_key(scope),
             description=f"Health sweep {scope.runbook}/{scope.step_id}: {summarize(out)}",
-        )
+        ).acreate(client=flow_client())
     except Exception as exc:  # the artifact is a view; it must never fail a sweep
         _logger().warning("could not publish the health artifact: %s", exc)
