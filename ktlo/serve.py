@@ -212,6 +212,7 @@ class Server:
 
         from ktlo import fastfork
         from ktlo.crashes import HEARTBEAT_S, ensure_zombie_automation
+        from ktlo.heap import freeze_startup_heap
 
         fastfork.install()
         self.runner = Runner(
@@ -235,6 +236,8 @@ class Server:
         helpers = [asyncio.create_task(self.watch()), asyncio.create_task(self.reconcile_forever())]
         if self.options.webhook:
             helpers += self._start_webhook()
+            self.dispatcher.runbooks.runbooks()
+        freeze_startup_heap()
         log.info("serving %d runbook(s)", len(self.deployed))
         if started is not None:
             started.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -173,3 +174,33 @@ def test_sqlite_writers_hand_the_process_lock_back_on_every_path(home: Home) -> 
         conn.begin()
     assert not writer.locked()
     assert audit.verify().rows == 1
+
+
+def test_background_checkpoints_keep_commits_free_of_them(home: Home) -> None:
+    import time
+
+    from ktlo.store import db
+
+    eng = engine()
+    database = Path(str(eng.url.database))
+    db.checkpoint_in_background(eng)
+    threads = [t for t in threading.enumerate() if t.name == "ktlo-checkpoint"]
+    db.checkpoint_in_background(eng)  # idempotent: one thread per engine
+    assert [t for t in threading.enumerate() if t.name == "ktlo-checkpoint"] == threads
+    with eng.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    size_before = database.stat().st_size
+    # ~2,500 pages: past SQLite's 1,000-page auto-checkpoint, which these connections skip,
+    # so only the background thread can copy them into the database file
+    for n in range(50):
+        audit.record("test.bulk", f"row-{n}", details={"blob": "x" * 200_000})
+    deadline = time.monotonic() + 10
+    while database.stat().st_size <= size_before + 5_000_000:
+        assert time.monotonic() < deadline, "no background checkpoint reached the database"
+        time.sleep(0.1)
+    assert audit.verify().rows == 50
+    db.reset_engines()  # the thread notices and stops
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in threads):
+        assert time.monotonic() < deadline, "the checkpoint thread outlived its engine"
+        time.sleep(0.1)

@@ -137,3 +137,21 @@ def test_a_batch_that_meets_another_receivers_incident_falls_back_to_one_by_one(
     assert sorted(i.key for i in incidents) == ["generic:fresh", "generic:raced"]
     assert sum(1 for o in outbox if o.kind == "start_run") == 2
     assert audit.verify().ok
+
+
+def test_the_runbook_index_sees_changes_within_its_recheck_interval(home: Home) -> None:
+    import time
+
+    trigger = """
+        name: {name}
+        triggers: [{{source: generic, match: {{team: ops}}}}]
+        steps: [{{id: note, uses: log, with: {{message: hi}}}}]
+        """
+    home.runbook("first", trigger.format(name="first"))
+    index = intake.RunbookIndex(home.runbooks, recheck_s=0.3)
+    assert [rb.name for rb in index.runbooks()] == ["first"]
+    home.runbook("second", trigger.format(name="second"))
+    # within the interval the directory is not listed again (that was the cost per alert)
+    assert [rb.name for rb in index.runbooks()] == ["first"]
+    time.sleep(0.35)
+    assert sorted(rb.name for rb in index.runbooks()) == ["first", "second"]

@@ -79,6 +79,7 @@ def webhook(
     import uvicorn
 
     from ktlo.dispatch import Dispatcher
+    from ktlo.heap import freeze_startup_heap
     from ktlo.prefect_local import ensure_api
     from ktlo.webhook import create_app
 
@@ -88,9 +89,12 @@ def webhook(
 
     async def main() -> None:
         dispatcher = Dispatcher()
+        app = create_app(token, dispatcher=dispatcher)
+        dispatcher.runbooks.runbooks()  # loaded before the first alert, and then frozen
+        freeze_startup_heap()
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(token, dispatcher=dispatcher),
+                app,
                 host=host,
                 port=port,
                 log_level="warning",

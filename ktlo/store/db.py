@@ -9,6 +9,7 @@ PostgreSQL URLs are routed to psycopg 3.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ _lock = threading.Lock()
 WRITER_LOCK = "ktlo_writer"
 WRITER_WAIT_S = 30  # then go ahead anyway: SQLite's own busy timeout still applies
 _writers: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_checkpointed: weakref.WeakSet[Engine] = weakref.WeakSet()
+CHECKPOINT_EVERY_S = 0.5
 
 
 def writer_lock(eng: Engine) -> threading.Lock | None:
@@ -55,6 +58,8 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
+        if engine in _checkpointed:
+            cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.close()
 
     # Writers of this process take turns through a lock before `BEGIN IMMEDIATE`. SQLite
@@ -81,6 +86,48 @@ def _sqlite_setup(engine: Engine) -> None:
 
     event.listen(engine, "commit", _release)
     event.listen(engine, "rollback", _release)
+
+
+def checkpoint_in_background(eng: Engine) -> None:
+    """Take this process's WAL checkpoints of a SQLite store off its committing threads.
+
+    SQLite checkpoints in whichever commit takes the WAL past 1,000 pages; that commit then
+    copies the WAL into the database and fsyncs it, and under an alert burst every request
+    in flight waited those 150-200 ms for its acknowledgement. Here this process's
+    connections do not checkpoint, and a thread runs a PASSIVE checkpoint (which never
+    blocks writers or readers) every half second. Other processes keep SQLite's default.
+    """
+    database = eng.url.database
+    if eng.dialect.name != "sqlite" or not database or database == ":memory:":
+        return
+    with _lock:
+        if eng in _checkpointed:
+            return
+        _checkpointed.add(eng)
+    eng.dispose()  # pooled connections reconnect without auto-checkpoints
+    ref = weakref.ref(eng)
+    threading.Thread(
+        target=_checkpoint_forever, args=(ref, database), name="ktlo-checkpoint", daemon=True
+    ).start()
+
+
+def _checkpoint_forever(ref: weakref.ref[Engine], database: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(database, timeout=30, isolation_level=None)
+    try:
+        while True:
+            time.sleep(CHECKPOINT_EVERY_S)
+            eng = ref()
+            if eng is None or eng not in _engines.values():
+                return  # the engine was reset or collected: its own pool checkpoints again
+            del eng
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                continue  # busy or briefly unavailable: the next round tries again
+    finally:
+        conn.close()
 
 
 def engine(url: str | None = None) -> Engine:
