@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +40,12 @@ LEASE_S = 20  # an item claimed by a receiver that died is retried after this
 MAX_BACKOFF_S = 30
 NOT_DEPLOYED_ATTEMPTS = 30  # about ten minutes of waiting for `ktlo serve` to deploy it
 MAX_IN_FLIGHT = 50  # items claimed and not yet done, per dispatcher
+# Acknowledgements first: while alerts pour in (BURST_ALERTS within BURST_WINDOW_S, the last
+# one under QUIET_S ago) new run starts wait for a pause, but never longer than MAX_DEFER_S.
+BURST_ALERTS = 8
+BURST_WINDOW_S = 0.1
+QUIET_S = 0.05
+MAX_DEFER_S = 1.0
 
 OnFlowRun = Callable[[str], Awaitable[None]]
 
@@ -86,10 +94,34 @@ class Dispatcher:
         self._inflight: dict[int, asyncio.Future[None]] = {}  # outbox id → its task
         self._outcomes: list[tuple[list[Done], asyncio.Future[None]]] = []
         self._recorder: asyncio.Task[None] | None = None
+        self._received: deque[float] = deque(maxlen=BURST_ALERTS)
         self.stopping = False
 
     def wake(self) -> None:
         self._wake.set()
+
+    def received(self) -> None:
+        """The receiver stored an alert: work may be due, and a burst may be under way."""
+        self._received.append(time.monotonic())
+        self._wake.set()
+
+    def bursting(self) -> bool:
+        """Alerts are arriving faster than one run start costs (a single alert never is)."""
+        recent = self._received
+        if len(recent) < BURST_ALERTS:
+            return False
+        last = recent[-1]
+        return time.monotonic() - last < QUIET_S and last - recent[0] < BURST_WINDOW_S
+
+    async def _yield_to_receiver(self) -> None:
+        """Let a burst's acknowledgements go first; its runs start in pauses, at least each second.
+
+        Creating a flow run costs the receiver's process more CPU than storing an alert, and
+        on a small host the Prefect server shares its cores.
+        """
+        deadline = time.monotonic() + MAX_DEFER_S
+        while self.bursting() and time.monotonic() < deadline:
+            await asyncio.sleep(QUIET_S)
 
     def _claim(self, batch: int = 50) -> list[Work]:
         """Lease due items to this dispatcher (Core statements: this runs for every alert)."""
@@ -319,6 +351,7 @@ class Dispatcher:
         incidents that arrive meanwhile: each item is its own task, bounded by `concurrency`.
         """
         while not self.stopping:
+            await self._yield_to_receiver()
             self._wake.clear()
             room = MAX_IN_FLIGHT - len(self._inflight)
             items: list[Work] = []

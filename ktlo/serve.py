@@ -126,9 +126,13 @@ class Server:
         self.paths.pop(name, None)
         log.info("runbook %s was removed: its deployment is deleted", name)
 
-    async def watch(self) -> None:
+    async def watch(self, seen: dict[str, float]) -> None:
+        """Redeploy whenever the runbooks directory changes.
+
+        `seen` is taken before the first sync, so a file written while serving starts up
+        is never missed.
+        """
         directory = get_settings().runbooks_dir
-        seen = _fingerprint(directory)
         while not self.stopping:
             await asyncio.sleep(self.options.watch_s)
             now = _fingerprint(directory)
@@ -232,8 +236,12 @@ class Server:
             await asyncio.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.shutdown()))
+        seen = _fingerprint(get_settings().runbooks_dir)
         await self.sync()
-        helpers = [asyncio.create_task(self.watch()), asyncio.create_task(self.reconcile_forever())]
+        helpers = [
+            asyncio.create_task(self.watch(seen)),
+            asyncio.create_task(self.reconcile_forever()),
+        ]
         if self.options.webhook:
             helpers += self._start_webhook()
             self.dispatcher.runbooks.runbooks()

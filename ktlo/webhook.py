@@ -190,7 +190,7 @@ def create_app(
         incidents = normalise(source, payload)
         acks = await intake.receive(incidents, index.runbooks())
         if dispatcher is not None:
-            dispatcher.wake()
+            dispatcher.received()
         return JSONResponse(status_code=202, content=_ack_json(acks))
 
     responses: dict[int | str, dict[str, Any]] = {

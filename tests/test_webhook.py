@@ -300,3 +300,26 @@ def test_receiver_refuses_to_start_without_a_token(home: Home, command: str) -> 
     assert result.returncode == 1
     assert "KTLO_WEBHOOK_TOKEN is not set" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_run_starts_give_way_to_a_burst_of_alerts_but_not_to_a_single_alert(home: Home) -> None:
+    import asyncio
+    import time
+
+    from ktlo import dispatch
+
+    dispatcher = dispatch.Dispatcher()
+    dispatcher.received()
+    assert not dispatcher.bursting()  # one alert starts its run at once
+    for _ in range(dispatch.BURST_ALERTS):
+        dispatcher.received()
+    assert dispatcher.bursting()
+
+    async def deferred() -> float:
+        started = time.monotonic()
+        await dispatcher._yield_to_receiver()
+        return time.monotonic() - started
+
+    waited = asyncio.run(deferred())  # the burst has paused: the wait ends after QUIET_S
+    assert dispatch.QUIET_S * 0.5 <= waited < dispatch.MAX_DEFER_S
+    assert not dispatcher.bursting()

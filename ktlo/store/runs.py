@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Table, and_, insert
@@ -14,6 +15,7 @@ from ktlo import audit, secrets
 from ktlo.store.db import engine, session
 from ktlo.store.models import Run, StepRun, utcnow
 
+COALESCE_S = 0.05  # a step record is in the store at most this long after the step ends
 FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed", "cancelled")
 
 
@@ -79,8 +81,8 @@ class StepRecorder:
     """Writes a run's step records in order on a thread of its own.
 
     Waiting for each write in the flow's event loop cost a step as much as its Prefect task
-    run; here steps that finish while a write is under way go into the next transaction
-    together. `drain()` waits for every write and raises the first error, so a run never
+    run; here the steps that finish within COALESCE_S of each other share a transaction
+    (a transaction per step cost the flow's thread GIL time it needs for its task runs). `drain()` waits for every write and raises the first error, so a run never
     ends with its records missing.
     """
 
@@ -100,13 +102,14 @@ class StepRecorder:
         while not stopping:
             batch: list[StepRun] = []
             item = self._queue.get()
+            deadline = time.monotonic() + COALESCE_S
             while True:
                 if item is None:
                     stopping = True
                     break
                 batch.append(item)
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
             if batch and self._error is None:
