@@ -385,12 +385,26 @@ def test_notify_step_with_a_named_channel(
     assert receiver.json_urls()[0]["title"] == "maintenance"
 
 
-def test_summary_artifact_and_run_name(home: Home, run: Any) -> None:
+def _artifacts_and_name(flow_run_id: Any) -> tuple[list[Any], str]:
     import asyncio
-    import re
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read() -> tuple[list[Any], str]:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+                )
+            )
+            return artifacts, (await client.read_flow_run(flow_run_id)).name
+
+    return asyncio.run(read())
+
+
+def test_summary_artifact_and_run_name(home: Home, run: Any) -> None:
+    import re
 
     path = home.runbook(
         "summarised",
@@ -407,19 +421,7 @@ def test_summary_artifact_and_run_name(home: Home, run: Any) -> None:
         """,
     )
     result = run(path)
-
-    flow_run_id = result.state.state_details.flow_run_id
-
-    async def read() -> tuple[list[Any], str]:
-        async with get_client() as client:
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
-                )
-            )
-            return artifacts, (await client.read_flow_run(flow_run_id)).name
-
-    artifacts, name = asyncio.run(read())
+    artifacts, name = _artifacts_and_name(result.state.state_details.flow_run_id)
     assert re.fullmatch(r"summarised-\d{8}-\d{6}", name), name
     assert len(artifacts) == 1
     body = artifacts[0].data
@@ -427,3 +429,22 @@ def test_summary_artifact_and_run_name(home: Home, run: Any) -> None:
     assert "`one`" in body
     assert "`two`" in body
     assert "failed (continued)" in body
+
+
+def test_a_failed_run_has_its_summary_too(home: Home, run: Any) -> None:
+    path = home.runbook(
+        "failing",
+        """
+        name: failing
+        steps:
+          - id: broken
+            uses: shell
+            with: {command: "false"}
+        """,
+    )
+    result = run(path)
+    assert result.status == "failed"
+    artifacts, _ = _artifacts_and_name(result.state.state_details.flow_run_id)
+    summary = [a for a in artifacts if a.key == "runbook-failing"]
+    assert len(summary) == 1, [a.key for a in artifacts]
+    assert "`broken`" in summary[0].data
