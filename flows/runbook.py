@@ -113,7 +113,7 @@ def _mark_ended(status: str) -> Any:
 _publishing: dict[str, asyncio.Task[None]] = {}
 
 
-async def _published(flow: Any, flow_run: Any, state: Any) -> None:
+async def ktlo_await_summary(flow: Any, flow_run: Any, state: Any) -> None:
     """A completion/failure hook: the run's summary artifact is there before the call returns."""
     task = _publishing.pop(str(flow_run.id), None)
     if task is not None:
@@ -121,8 +121,8 @@ async def _published(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 END_HOOKS: dict[str, Any] = {
-    "on_completion": [_published],
-    "on_failure": [_published],
+    "on_completion": [ktlo_await_summary],
+    "on_failure": [ktlo_await_summary],
     "on_crashed": [_mark_ended("crashed")],
     "on_cancellation": [_mark_ended("cancelled")],
 }
