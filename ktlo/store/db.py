@@ -92,8 +92,8 @@ def checkpoint_in_background(eng: Engine) -> None:
     """Take this process's WAL checkpoints of a SQLite store off its committing threads.
 
     SQLite checkpoints in whichever commit takes the WAL past 1,000 pages; that commit then
-    copies the WAL into the database and fsyncs it, and under an alert burst every request
-    in flight waited those 150-200 ms for its acknowledgement. Here this process's
+    copies the WAL into the database and fsyncs it (5-6 ms here, against 0.03 ms for a
+    plain commit), and every acknowledgement batched with it waits. Here this process's
     connections do not checkpoint, and a thread runs a PASSIVE checkpoint (which never
     blocks writers or readers) every half second. Other processes keep SQLite's default.
     """
