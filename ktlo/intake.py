@@ -27,7 +27,6 @@ from sqlalchemy.exc import IntegrityError
 from ktlo import audit, secrets
 from ktlo.incidents import Incident, matching_runbooks
 from ktlo.runbook import Runbook
-from ktlo.settings import get_settings
 from ktlo.store.db import checkpoint_in_background, engine
 from ktlo.store.incidents import IncidentRecord, OutboxItem
 from ktlo.store.models import utcnow
@@ -56,22 +55,18 @@ class RunbookIndex:
     def __init__(self, directory: Path | None = None, recheck_s: float = RECHECK_S):
         self.directory = directory
         self.recheck_s = recheck_s
-        self._stamp: tuple[tuple[str, float], ...] | None = None
+        self._stamp: dict[str, float] | None = None
         self._checked = 0.0
         self._runbooks: list[Runbook] = []
-
-    def _fingerprint(self) -> tuple[tuple[str, float], ...]:
-        from ktlo.loader import runbook_files
-
-        files = runbook_files(self.directory or get_settings().runbooks_dir)
-        return tuple((str(p), p.stat().st_mtime) for p in files)
 
     def runbooks(self) -> list[Runbook]:
         from ktlo.loader import load_all
 
         if self._stamp is not None and time.monotonic() - self._checked < self.recheck_s:
             return self._runbooks
-        stamp = self._fingerprint()
+        from ktlo.loader import fingerprint
+
+        stamp = fingerprint(self.directory)
         if stamp != self._stamp:
             runbooks, _problems = load_all(self.directory)
             self._runbooks = [rb for rb in runbooks if rb.triggers]

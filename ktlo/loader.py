@@ -150,6 +150,11 @@ def runbook_files(directory: Path | None = None) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in RUNBOOK_SUFFIXES and p.is_file())
 
 
+def fingerprint(directory: Path | None = None) -> dict[str, float]:
+    """Each runbook file's modification time: it differs once a runbook is added, changed or removed."""
+    return {str(p): p.stat().st_mtime for p in runbook_files(directory)}
+
+
 def looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.endswith(RUNBOOK_SUFFIXES)
 

@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from ktlo.errors import KtloError, Problem
+from ktlo.loader import fingerprint
 from ktlo.runbook import Runbook, Schedule
 from ktlo.settings import get_settings
 
@@ -54,12 +55,6 @@ def prefect_schedules(schedules: list[Schedule]) -> list[Any]:
             interval = timedelta(seconds=s.interval_s or 60)
             out.append(Interval(interval, timezone=s.timezone, active=s.active))
     return out
-
-
-def _fingerprint(directory: Path) -> dict[str, float]:
-    from ktlo.loader import runbook_files
-
-    return {str(p): p.stat().st_mtime for p in runbook_files(directory)}
 
 
 @dataclass
@@ -135,7 +130,7 @@ class Server:
         directory = get_settings().runbooks_dir
         while not self.stopping:
             await asyncio.sleep(self.options.watch_s)
-            now = _fingerprint(directory)
+            now = fingerprint(directory)
             if now != seen:
                 seen = now
                 try:
@@ -236,7 +231,7 @@ class Server:
             await asyncio.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.shutdown()))
-        seen = _fingerprint(get_settings().runbooks_dir)
+        seen = fingerprint(get_settings().runbooks_dir)
         await self.sync()
         helpers = [
             asyncio.create_task(self.watch(seen)),
