@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ktlo demo
 
 test: $(STAMP)
+	bash .ci/packages
 	bash .ci/services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
