@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, description="optional HMAC key for the audit chain (else plain SHA-256)"
     )
+    audit_anchor: Path | None = Field(
+        default=None, description="append-only file of audit-chain heads (default HOME/audit.anchor)"
+    )
 
     @cached_property
     def home_dir(self) -> Path:

@@ -15,11 +15,25 @@ server_app = typer.Typer(
 
 
 @audit_app.command("verify")
-def audit_verify(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Verify the audit trail's hash chain (exit 0 intact, 1 tampered)."""
+def audit_verify(
+    as_json: bool = typer.Option(False, "--json"),
+    previous_keys: Path = typer.Option(
+        None,
+        "--previous-keys",
+        help="file of audit keys used before KTLO_AUDIT_KEY was rotated, one a line, oldest first",
+    ),
+) -> None:
+    """Verify the audit trail: hash chain, head MAC, anchor file, runs (exit 0 intact, 1 tampered)."""
     from ktlo.audit import verify
 
-    verdict = verify()
+    keys: list[str] = []
+    if previous_keys is not None:
+        try:
+            text = previous_keys.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--previous-keys {previous_keys}: {getattr(exc, 'strerror', None) or exc}")
+        keys = [line.strip() for line in text.splitlines() if line.strip()]
+    verdict = verify(keys)
     if as_json:
         print_json(
             {

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text
+from sqlalchemy import JSON, Column, Connection, Text, text
 from sqlmodel import Field, SQLModel
+
+from ktlo.store.db import MIGRATIONS
 
 
 def utcnow() -> datetime:
@@ -79,13 +81,28 @@ class AuditEvent(SQLModel, table=True):
 
 
 class AuditHead(SQLModel, table=True):
-    """The chain's last id and hash, so deleting the newest rows is detected too."""
+    """The chain's last id and hash, so deleting the newest rows is detected too.
+
+    `mac` authenticates them with KTLO_AUDIT_KEY (None without a key): without it, whoever
+    deletes the newest rows could copy the new last row's id and hash here.
+    """
 
     __tablename__ = "ktlo_audit_head"
 
     id: int = Field(default=1, primary_key=True)
     last_id: int = 0
     last_hash: str = Field(default="", max_length=64)
+    mac: str | None = Field(default=None, max_length=64)
+
+
+def _add_audit_head_mac(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE ktlo_audit_head ADD COLUMN mac VARCHAR(64)"))
+    from ktlo.audit import seal_head
+
+    seal_head(conn)  # a keyed store verifies right after the upgrade, not only after an append
+
+
+MIGRATIONS.append((2, "ktlo_audit_head.mac: keyed MAC of the audit head", _add_audit_head_mac))
 
 
 class Approval(SQLModel, table=True):
