@@ -73,30 +73,39 @@ def stage(conn: Connection, last_id: int, last_hash: str, key: str | None) -> No
 # connection's next use or its return to the pool, and an error in between drops it. The
 # listeners are class-wide, registered at import: adding one to an engine while another
 # thread dispatches its events breaks that dispatch. On other connections they find nothing.
+def _info(conn: Connection) -> dict[Any, Any] | None:
+    """The connection's info, unless it is closed or invalidated (reading it would reconnect)."""
+    if conn is None or conn.closed or conn.invalidated:
+        return None  # an invalidated connection's line is dropped at checkin
+    return conn.info
+
+
 def _on_commit(conn: Connection) -> None:
-    staged = conn.info.pop(_STAGED, None)
-    if staged is not None:
-        conn.info[_COMMITTED] = staged
+    info = _info(conn)
+    if info is not None and _STAGED in info:
+        info[_COMMITTED] = info.pop(_STAGED)
 
 
 def _on_rollback(conn: Connection) -> None:
-    conn.info.pop(_STAGED, None)
+    info = _info(conn)
+    if info is not None:
+        info.pop(_STAGED, None)
 
 
 def _on_rollback_savepoint(conn: Connection, _name: Any, _context: Any) -> None:
-    conn.info.pop(_STAGED, None)
+    _on_rollback(conn)
 
 
 def _on_error(context: Any) -> None:
-    conn = context.connection
-    if conn is None or conn.closed or conn.invalidated:
-        return  # nothing staged here, or checkin finds it invalidated and drops it
-    conn.info.pop(_STAGED, None)
-    conn.info.pop(_COMMITTED, None)
+    info = _info(context.connection)
+    if info is not None:
+        info.pop(_STAGED, None)
+        info.pop(_COMMITTED, None)
 
 
 def _on_begin(conn: Connection) -> None:
-    committed = conn.info.pop(_COMMITTED, None)
+    info = _info(conn)
+    committed = info.pop(_COMMITTED, None) if info is not None else None
     if committed is not None:
         _append(*committed)
 

@@ -1,4 +1,4 @@
-"""KTLO_AUDIT_KEY over the trail's life: enabling it, rotating it, upgrading a store, the anchor."""
+"""KTLO_AUDIT_KEY over the trail's life (enabling, rotating, upgrading a store); the anchor's edges."""
 
 from __future__ import annotations
 
@@ -157,3 +157,35 @@ def test_the_anchor_setting_moves_the_file(
     verdict = audit.verify()
     assert verdict.ok
     assert f"2 anchored heads checked ({target})" in verdict.message
+
+
+def test_a_connection_lost_mid_append_raises_its_own_error_and_anchors_nothing(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The anchor's listeners must not touch a dead connection (that would reconnect)."""
+    from sqlalchemy import create_engine, exc, text
+
+    from tests.audit_helpers import PG_ADMIN
+
+    stores = store_for("postgres", monkeypatch)
+    next(stores)
+    try:
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+
+        def append_and_lose_the_connection() -> None:
+            with engine().begin() as conn:
+                audit.record("test.doomed", "lost", s=conn)
+                pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+                with admin.connect() as other:
+                    other.execute(text(f"SELECT pg_terminate_backend({pid})"))
+                conn.execute(text("SELECT 1"))
+
+        fill(1)
+        with pytest.raises(exc.OperationalError):
+            append_and_lose_the_connection()
+        admin.dispose()
+        fill(1)
+        assert [line.split()[1] for line in anchor_lines()] == ["1", "2"]
+        assert audit.verify().ok
+    finally:
+        next(stores, None)
