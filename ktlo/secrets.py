@@ -4,6 +4,11 @@
 `orders-dsn`. Every value resolved in this process is registered, and `redact()` replaces it
 (and its URL-encoded form) with `***` wherever ktlo writes text: logs (through a log-record
 factory, so Prefect's own handlers see scrubbed records), artifacts, the store and errors.
+
+ktlo's own secrets in the environment (the webhook token, the audit key, every
+`KTLO_SECRET_*`, Prefect's API key, the store's password) are registered too, resolved or
+not, and a step's process does not inherit them (`child_environment()`): a runbook that
+wants one in a command passes it with `env: {NAME: "{{ secret('name') }}"}`.
 """
 
 from __future__ import annotations
@@ -12,13 +17,25 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from ktlo.errors import KtloError
 
 MASK = "***"
 _MIN_LEN = 3
+SECRET_ENV_PREFIX = "KTLO_SECRET_"  # noqa: S105 (a name prefix)
+SECRET_ENV_NAMES = frozenset(
+    {
+        "KTLO_WEBHOOK_TOKEN",
+        "KTLO_AUDIT_KEY",
+        "KTLO_CHANNELS",  # channel URLs carry tokens; they are registered when resolved
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+    }
+)
+STORE_URL_ENV = "KTLO_DATABASE_URL"
 
 
 class SecretNotFound(KtloError):
@@ -74,8 +91,41 @@ def redact(value: Any) -> Any:
     return value
 
 
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def is_secret_env(name: str, value: str) -> bool:
+    """Whether environment variable `name` holds one of ktlo's own secrets."""
+    if name in SECRET_ENV_NAMES or name.startswith(SECRET_ENV_PREFIX):
+        return True
+    return name == STORE_URL_ENV and bool(_url_password(value))
+
+
+def register_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Mask every secret ktlo's environment holds, whether or not a runbook resolves it."""
+    for name, value in (os.environ if environ is None else environ).items():
+        if not is_secret_env(name, value):
+            continue
+        if name == STORE_URL_ENV:
+            password = _url_password(value) or ""
+            register(password)
+            register(unquote(password))
+        else:
+            register(value)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment a step's process starts from: this process's, minus ktlo's secrets."""
+    register_environment()
+    return {k: v for k, v in os.environ.items() if not is_secret_env(k, v)}
+
+
 def env_name(name: str) -> str:
-    return "KTLO_SECRET_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+    return SECRET_ENV_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
 def resolve(name: str) -> str:
@@ -111,8 +161,12 @@ _installed = False
 
 
 def install_log_redaction() -> None:
-    """Scrub secrets from every log record created in this process (idempotent)."""
+    """Scrub secrets from every log record created in this process (idempotent).
+
+    Called as a flow run starts, it also registers the secrets of the environment then.
+    """
     global _installed
+    register_environment()
     if _installed:
         return
     previous = logging.getLogRecordFactory()
@@ -132,3 +186,6 @@ def install_log_redaction() -> None:
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+register_environment()  # at process start: a secret is masked before anything can print it
