@@ -11,7 +11,6 @@ record is written.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,22 +23,16 @@ from pydantic import ValidationError
 from ktlo import registry, secrets
 from ktlo.context import StepContext, current_step
 from ktlo.errors import KtloError, StepFailed
+from ktlo.rendering import render_inputs
 from ktlo.runbook import Runbook, Step
 from ktlo.store import runs
 from ktlo.store.models import StepRun, utcnow
-from ktlo.templating import evaluate, expression_source, render
-
-SECRET_ENV_PREFIXES = ("KTLO_SECRET_",)
-SECRET_ENV_NAMES = frozenset({"KTLO_WEBHOOK_TOKEN", "KTLO_AUDIT_KEY", "KTLO_DATABASE_URL"})
+from ktlo.templating import evaluate, expression_source
 
 
 def template_env() -> dict[str, str]:
     """`env.<NAME>` in templates: the process environment minus ktlo's own secrets."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k not in SECRET_ENV_NAMES and not k.startswith(SECRET_ENV_PREFIXES)
-    }
+    return {k: v for k, v in secrets.child_environment().items() if k != secrets.STORE_URL_ENV}
 
 
 @dataclass
@@ -218,7 +211,7 @@ class Executor:
             if not condition:
                 return self._record(step, "skipped", started=started, summary="condition was false")
         try:
-            rendered = render(step.with_, ctx)
+            rendered = render_inputs(step.with_, registry.renderings(step_type, step.with_), ctx)
             inputs = step_type.input_model.model_validate(rendered)
         except KtloError as exc:
             return self._record(step, "failed", started=started, error=secrets.redact(str(exc)))

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ktlo import registry
 from ktlo.engine import template_env
 from ktlo.errors import KtloError
+from ktlo.rendering import render_inputs
 from ktlo.runbook import Runbook
-from ktlo.templating import evaluate, expression_source, render
+from ktlo.templating import evaluate, expression_source
 
 
 class Placeholder:
@@ -72,8 +74,10 @@ def plan(runbook: Runbook, params: dict[str, Any]) -> list[PlannedStep]:
     deps = runbook.dependencies()
     planned = []
     for step in runbook.steps:
+        step_type = registry.get(step.uses)
+        how = registry.renderings(step_type, step.with_) if step_type else {}
         try:
-            inputs = render(step.with_, context)
+            inputs = render_inputs(step.with_, how, context)
         except KtloError:
             inputs = step.with_
         condition = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from ktlo import secrets
 from ktlo.context import get_step_context
 from ktlo.errors import KtloError, StepFailed
+from ktlo.rendering import Rendering
 
 ENTRY_POINT_GROUP = "ktlo.steps"
 
@@ -32,6 +33,15 @@ class StepInput(BaseModel):
     """Base of every step input model: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def renderings(cls, raw: Mapping[str, Any]) -> Mapping[str, Rendering]:
+        """How `with:` fields are rendered when a plain value is not safe (ktlo.rendering).
+
+        `raw` is the step's `with:` as written, so the choice may depend on another literal
+        field (a shell command is shell source only with `shell: true`).
+        """
+        return {}
 
 
 class StepOutput(BaseModel):
@@ -52,6 +62,14 @@ class StepType:
     summarize: Summary | None = None
     validate: Validator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def renderings(step_type: StepType, raw: Any) -> Mapping[str, Rendering]:
+    """The renderings a step type declares for these raw inputs (none for other models)."""
+    model = step_type.input_model
+    if isinstance(raw, dict) and issubclass(model, StepInput):
+        return model.renderings(raw)
+    return {}
 
 
 _TYPES: dict[str, StepType] = {}

@@ -8,6 +8,7 @@ renders to a string.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +27,8 @@ ROOT_NAMES = frozenset({"params", "steps", "incident", "env", "secret", "run"})
 ENV = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
 )
+# For a value handed on to another shell (ssh HOST "…", sh -c "…"), which reads it again as code.
+ENV.filters["shell_quote"] = lambda value: shlex.quote(str(value))
 
 
 class TemplateError(KtloError):

@@ -16,6 +16,7 @@ from ktlo.errors import Problem
 from ktlo.incidents import INCIDENT_FIELDS
 from ktlo.loader import pydantic_problems
 from ktlo.params import params_model
+from ktlo.rendering import problems as rendering_problems
 from ktlo.runbook import Runbook
 from ktlo.templating import (
     ENV,
@@ -189,6 +190,8 @@ class _Checker:
         if step_type.validate is not None:
             for loc, message in step_type.validate(data, self.rb):
                 self.add((*base, "with", *loc), f"step '{step.id}': {message}")
+        for field_loc, message in rendering_problems(data, registry.renderings(step_type, data)):
+            self.add((*base, "with", *field_loc), f"step '{step.id}': {message}")
 
     def check_template(
         self, loc: Loc, text: str, step_id: str, *, expression: bool = False

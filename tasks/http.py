@@ -1,9 +1,15 @@
-"""The `http.request` step: call an HTTP API and check the status code."""
+"""The `http.request` step: call an HTTP API and check the status code.
+
+A URL whose scheme, host or port comes from incident or step data is refused unless its host
+is in `allowed_hosts` (ktlo.rendering.AsUrl); when `allowed_hosts` is given, redirects must
+stay among those hosts too.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import httpx
@@ -11,6 +17,7 @@ from pydantic import Field, field_validator
 
 from ktlo.errors import StepFailed
 from ktlo.registry import StepInput, StepOutput, step_task
+from ktlo.rendering import AsUrl, Rendering, host_allowed
 
 MAX_BODY = 256 * 1024
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -31,6 +38,14 @@ class HttpInput(StepInput):
         default=True,
         description="false: record an unreachable endpoint or unexpected status in `error` instead of failing",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="hosts (or *.domain) the request may go to; required when the URL's host comes from incident or step data",
+    )
+
+    @classmethod
+    def renderings(cls, raw: Mapping[str, Any]) -> Mapping[str, Rendering]:
+        return {"url": AsUrl(allowed_hosts="allowed_hosts")}
 
     @field_validator("method", mode="before")
     @classmethod
@@ -77,11 +92,20 @@ def _failed(inputs: HttpInput, started: float, message: str) -> HttpOutput:
 async def http_request(inputs: HttpInput) -> HttpOutput:
     """Send one HTTP request; fail on an unexpected status code."""
     started = time.perf_counter()
+
+    async def only_allowed(request: httpx.Request) -> None:
+        if inputs.allowed_hosts and not host_allowed(request.url.host, inputs.allowed_hosts):
+            raise StepFailed(
+                f"{inputs.method} {request.url}: host '{request.url.host}' is not in "
+                f"with.allowed_hosts ({', '.join(inputs.allowed_hosts)}); nothing was sent"
+            )
+
     try:
         async with httpx.AsyncClient(
             verify=inputs.verify_tls,
             follow_redirects=inputs.follow_redirects,
             timeout=inputs.timeout_s,
+            event_hooks={"request": [only_allowed]},
         ) as client:
             response = await client.request(
                 inputs.method,

@@ -1,8 +1,11 @@
 """The `shell` step: run a local command, stream its output to the run log, check its exit code.
 
 No shell is involved unless the command is a string and `shell: true`; a string command
-without `shell` is split like a POSIX shell would split it. The command runs in its own
-process group, so a timeout or cancellation kills everything it started.
+without `shell` is split like a POSIX shell would split it, before its templates are
+rendered, so a value stays one argument. In a `shell: true` command every `{{ }}` value is
+passed as an environment variable and referenced from the script, so it is never read as
+shell code (ktlo.shelltemplate). The command runs in its own process group, so a timeout or
+cancellation kills everything it started; it does not inherit ktlo's own secrets.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger
 from pydantic import Field, model_validator
@@ -21,6 +26,8 @@ from pydantic import Field, model_validator
 from ktlo import secrets
 from ktlo.errors import StepFailed
 from ktlo.registry import StepInput, StepOutput, step_task
+from ktlo.rendering import AsShell, AsWords, Rendering
+from ktlo.templating import is_template
 
 HEAD_BYTES = 16 * 1024
 TAIL_BYTES = 48 * 1024
@@ -34,7 +41,8 @@ class ShellInput(StepInput):
     shell: bool = False
     cwd: str | None = None
     env: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="added to the inherited environment"
+        default_factory=dict,
+        description="added to the inherited environment (which never holds ktlo's own secrets)",
     )
     inherit_env: bool = True
     stdin: str | None = None
@@ -50,6 +58,12 @@ class ShellInput(StepInput):
         if isinstance(self.command, str) and not self.command.strip():
             raise ValueError("command is empty")
         return self
+
+    @classmethod
+    def renderings(cls, raw: Mapping[str, Any]) -> Mapping[str, Rendering]:
+        if raw.get("shell") is True:
+            return {"command": AsShell(variables="env")}
+        return {"command": AsWords()}
 
     def argv(self) -> list[str]:
         if self.shell:
@@ -130,12 +144,19 @@ async def _terminate(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
-@step_task("shell", ShellInput, ShellOutput, summarize=summarize)
+def check(data: dict[str, Any], runbook: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """`shell:` decides how the command is read, so it must be written, not computed."""
+    if is_template(data.get("shell")):
+        return [(("shell",), "shell must be true or false, not a template")]
+    return []
+
+
+@step_task("shell", ShellInput, ShellOutput, summarize=summarize, validate=check)
 async def run_command(inputs: ShellInput) -> ShellOutput:
     """Run a local command and fail on an unexpected exit code."""
     argv = inputs.argv()
     env = (
-        dict(os.environ)
+        secrets.child_environment()
         if inputs.inherit_env
         else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     )
