@@ -85,10 +85,17 @@ def test_service_down_is_diagnosed_restarted_and_reported(
     shim = [
         "sh",
         "-c",
-        f"echo restarting $1; ({start}) >/dev/null 2>&1 & sleep 0.5",
+        # the runbook appends `--` and the service label: $1 is "--", $2 the service
+        f"echo restarting $2; ({start}) >/dev/null 2>&1 & sleep 0.5",
         "restart-shim",
     ]
-    _install(home, "incident-service-down", restart_command=shim, settle_s=1)
+    _install(
+        home,
+        "incident-service-down",
+        restart_command=shim,
+        settle_s=1,
+        health_hosts=["127.0.0.1"],  # the alert's health_url names this host
+    )
     hook_port = free_port()
     served = _serve(home, receiver, hook_port)
     started: list[subprocess.Popen[bytes]] = []
