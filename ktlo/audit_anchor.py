@@ -20,6 +20,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,12 @@ _warned: set[Path] = set()
 
 def path() -> Path:
     settings = get_settings()
-    if settings.audit_anchor is not None:
-        return settings.audit_anchor.expanduser().resolve()
-    return settings.home_dir / "audit.anchor"
+    return _resolved(settings.audit_anchor, settings.home_dir)
+
+
+@lru_cache(maxsize=8)
+def _resolved(configured: Path | None, home: Path) -> Path:
+    return configured.expanduser().resolve() if configured is not None else home / "audit.anchor"
 
 
 def store_tag(url: URL) -> str:
@@ -49,8 +53,9 @@ def store_tag(url: URL) -> str:
     if url.get_backend_name() == "sqlite":
         name = f"sqlite:{Path(url.database or '').expanduser().resolve()}"
     else:
-        host = (url.host or "").lower()
-        name = f"{url.get_backend_name()}://{host}:{url.port or ''}/{url.database or ''}"
+        backend = url.get_backend_name()
+        port = url.port or (5432 if backend == "postgresql" else "")
+        name = f"{backend}://{(url.host or '').lower()}:{port}/{url.database or ''}"
     return hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
