@@ -508,7 +508,7 @@ async def _read(stream: asyncio.StreamReader | None) -> bytes:
 
 
 async def probe_command(p: Prober, check: CommandCheck, facts: dict[str, Any]) -> None:
-    env = {**os.environ, **check.env}
+    env = {**secrets.child_environment(), **check.env}  # never ktlo's own secrets
     started = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
         *check.argv(),
