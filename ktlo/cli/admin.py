@@ -24,6 +24,8 @@ def audit_verify(
     ),
 ) -> None:
     """Verify the audit trail: hash chain, head MAC, anchor file, runs (exit 0 intact, 1 tampered)."""
+    from rich.markup import escape
+
     from ktlo.audit import verify
 
     keys: list[str] = []
@@ -44,9 +46,9 @@ def audit_verify(
             }
         )
     elif verdict.ok:
-        console.print(f"[green]✓[/green] {verdict.message}")
-    else:
-        console.print(f"[red]✗ {verdict.message}[/red]")
+        console.print(f"[green]✓[/green] {escape(verdict.message)}", soft_wrap=True)
+    else:  # one line however narrow the terminal; names and paths are not markup
+        console.print(f"[red]✗ {escape(verdict.message)}[/red]", soft_wrap=True)
     if not verdict.ok:
         raise typer.Exit(1)
 
