@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.labs.procs import free_port, wait_gone, wait_until
+from tests.labs.procs import free_port, listening, wait_gone, wait_until
 
 HAPROXY = "/usr/sbin/haproxy"
 BACKEND = "pg"
@@ -132,18 +132,16 @@ class HAProxy:
 
     def wait_state(self, server: str, status: str, timeout: float = 10) -> float:
         """Wait until `server` reports `status`; returns the monotonic time it was seen."""
-        wait_until(lambda: self.states().get(server) == status, timeout,
-                   f"haproxy {self.backend}/{server} {status}", interval=0.01)
+        wait_until(
+            lambda: self.states().get(server) == status,
+            timeout,
+            f"haproxy {self.backend}/{server} {status}",
+            interval=0.01,
+        )
         return time.monotonic()
 
     def up_servers(self) -> list[str]:
         return [name for name, status in self.states().items() if status.startswith("UP")]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def make(rundir: Path, confdir: Path, servers: list[Server]) -> HAProxy:

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import psycopg
 
+from tests.labs.procs import free_ports, listening, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
 QUERY_TIMEOUT_S = 0.4
-ROLE_SQL = (
-    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool"
-)
+ROLE_SQL = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool"
 
 
 async def node_role(dsn: str) -> tuple[str, str | None]:
@@ -69,7 +73,9 @@ def handler(dsn: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], 
             status = b"200 OK" if ok else b"503 Service Unavailable"
             writer.write(
                 b"HTTP/1.0 " + status + b"\r\nContent-Type: application/json\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                b"Content-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
                 + body
             )
             await writer.drain()
@@ -89,6 +95,32 @@ async def serve(specs: list[str]) -> None:
         servers.append(await asyncio.start_server(handler(dsn), host, int(port)))
     print("ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+def spawn(dsns: list[str], log: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """Start the endpoints for `dsns` in one child process; returns it and the check ports."""
+    ports = free_ports(len(dsns))
+    specs = [f"127.0.0.1:{p}={dsn}" for p, dsn in zip(ports, dsns, strict=True)]
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.labs.health", *specs],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, ports
+
+
+def wait_listening(
+    proc: subprocess.Popen[bytes], ports: list[int], log: Path, timeout: float
+) -> None:
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"health endpoints exited: {log.read_text()[-1500:]}")
+        return all(listening(p) for p in ports)
+
+    wait_until(up, timeout, "the health endpoints")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def _data_dir(kind: str) -> Path:
     """A new data root named after this pid; roots of dead pids (crashed sessions) go."""
     home = data_home()
     for old in home.glob(f"{PREFIX}*"):
-        pid = old.name[len(PREFIX):].split("-", 1)[0]
+        pid = old.name[len(PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not procs.alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{kind}-", dir=home))
@@ -109,10 +109,23 @@ def template(nodes: int = 3) -> PgLab:
             tpl = PgLab.create(base / "logs", base, base / "run", nodes, synchronous=False)
             primary = tpl.nodes["n1"]
             subprocess.run(
-                [str(PG_BIN / "initdb"), "-D", str(primary.data), "-U", "postgres",
-                 "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
-                 "--wal-segsize=1"],
-                check=True, capture_output=True, **as_postgres(),
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(primary.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                    "--wal-segsize=1",
+                ],
+                check=True,
+                capture_output=True,
+                **as_postgres(),
             )
             (primary.data / "postgresql.conf").write_text(INCLUDE)
             (primary.data / "pg_hba.conf").write_text(HBA)
@@ -125,8 +138,7 @@ def template(nodes: int = 3) -> PgLab:
         return _templates[nodes]
 
 
-def build(tmp: Path, nodes: int = 3, synchronous: bool | str = True,
-          router: bool = True) -> PgLab:
+def build(tmp: Path, nodes: int = 3, synchronous: bool | str = True, router: bool = True) -> PgLab:
     """Start a primary (n1), `nodes - 1` streaming replicas and (router=True) HAProxy in front.
 
     `lab.timings` has the seconds each phase took (template is ~0 after the first build).
@@ -141,16 +153,19 @@ def build(tmp: Path, nodes: int = 3, synchronous: bool | str = True,
     tmp.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="pglab-", dir=tmp))
     procs.make_traversable(root)
-    lab = PgLab.create(root, _data_dir("lab"), Path(tempfile.mkdtemp(prefix="ktlo-pgrun-")),
-                       nodes, synchronous)
+    lab = PgLab.create(
+        root, _data_dir("lab"), Path(tempfile.mkdtemp(prefix="ktlo-pgrun-")), nodes, synchronous
+    )
     lab.timings = timings
     names = list(lab.nodes)
     t1 = time.monotonic()
     try:
         if router:
             lab.start_health()  # a Python process: let it start while the copies run
-        copies = [subprocess.Popen(["cp", "-a", str(tpl.nodes[n].data), str(lab.nodes[n].data)])
-                  for n in names]
+        copies = [
+            subprocess.Popen(["cp", "-a", str(tpl.nodes[n].data), str(lab.nodes[n].data)])
+            for n in names
+        ]
         if any(c.wait() != 0 for c in copies):
             raise RuntimeError("copying the template cluster failed")
         for name in names[1:]:
@@ -182,8 +197,9 @@ def _repoint(lab: PgLab, name: str, primary: str) -> None:
     """Set the port in the `primary_conninfo` that pg_basebackup -R wrote (template's port)."""
     auto = lab.nodes[name].data / "postgresql.auto.conf"
     text = auto.read_text()
-    new, count = re.subn(r"(primary_conninfo = '[^\n]*?\bport=)\d+",
-                         rf"\g<1>{lab.nodes[primary].port}", text)
+    new, count = re.subn(
+        r"(primary_conninfo = '[^\n]*?\bport=)\d+", rf"\g<1>{lab.nodes[primary].port}", text
+    )
     if count != 1:
         raise RuntimeError(f"{auto}: no primary_conninfo with a port to repoint")
     auto.write_text(new)
@@ -198,9 +214,26 @@ def _basebackups(lab: PgLab, source: str, names: list[str]) -> None:
     src = lab.nodes[source]
     for name in names:
         node = lab.nodes[name]
-        cmd = [str(PG_BIN / "pg_basebackup"), "-D", str(node.data), "-h", "127.0.0.1",
-               "-p", str(src.port), "-U", "postgres", "-R", "-X", "stream", "-C", "-S", name,
-               "-c", "fast", "--no-sync"]
+        cmd = [
+            str(PG_BIN / "pg_basebackup"),
+            "-D",
+            str(node.data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(src.port),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            name,
+            "-c",
+            "fast",
+            "--no-sync",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **as_postgres())
         if done.returncode != 0:
             raise RuntimeError(f"pg_basebackup of {name} failed: {done.stderr[-1500:]}")

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,9 +19,9 @@ from typing import Any
 import psycopg
 import yaml
 
-from tests.labs import haproxy, procs
+from tests.labs import haproxy, health, procs
 from tests.labs.procs import as_postgres, wait_gone, wait_until
-from tests.labs.writer import REPO, Writer
+from tests.labs.writer import Writer
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 INCLUDE = "include '../node.conf'\n"
@@ -83,8 +82,9 @@ class Node:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
     def write_conf(self) -> None:
-        body = "".join(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n"
-                       for k, v in self.settings.items())
+        body = "".join(
+            f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in self.settings.items()
+        )
         self.conf.write_text(body)
         uid, gid = procs.pg_ids()
         os.chown(self.conf, uid, gid)
@@ -114,8 +114,9 @@ class PgLab:
     checks: list[int] = field(default_factory=list)  # health endpoint port per node
 
     @classmethod
-    def create(cls, root: Path, data_root: Path, rundir: Path, nodes: int,
-               synchronous: bool | str) -> PgLab:
+    def create(
+        cls, root: Path, data_root: Path, rundir: Path, nodes: int, synchronous: bool | str
+    ) -> PgLab:
         """Directories and node.conf files for n1..nN (no data yet), owned by postgres."""
         for d in (root, data_root, rundir):
             d.mkdir(exist_ok=True)
@@ -123,10 +124,15 @@ class PgLab:
         names = [f"n{i}" for i in range(1, nodes + 1)]
         lab = cls(root, data_root, rundir, {}, synchronous)
         for name, port in zip(names, procs.free_ports(nodes), strict=True):
-            settings = {**COMMON, "port": str(port), "cluster_name": name,
-                        "unix_socket_directories": str(rundir),
-                        "synchronous_standby_names": "" if name == "n1"
-                        else sync_names(synchronous, name, names)}
+            settings = {
+                **COMMON,
+                "port": str(port),
+                "cluster_name": name,
+                "unix_socket_directories": str(rundir),
+                "synchronous_standby_names": ""
+                if name == "n1"
+                else sync_names(synchronous, name, names),
+            }
             node = Node(name, port, data_root / name, root / f"{name}.log", settings)
             node.dir.mkdir()
             procs.chown_tree(node.dir)
@@ -150,8 +156,12 @@ class PgLab:
     def _spawn(self, name: str) -> None:
         node = self.nodes[name]
         with node.log.open("ab") as log:
-            node.proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(node.data)],
-                                         stdout=log, stderr=subprocess.STDOUT, **as_postgres())
+            node.proc = subprocess.Popen(
+                [str(PG_BIN / "postgres"), "-D", str(node.data)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **as_postgres(),
+            )
         self.started.add(node.proc.pid)
 
     def _wait_ready(self, name: str, timeout: float) -> None:
@@ -161,14 +171,18 @@ class PgLab:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name}: postgres exited {proc.returncode}: "
-                                   f"{node.log.read_text()[-1500:]}")
+                raise RuntimeError(
+                    f"{name}: postgres exited {proc.returncode}: {node.log.read_text()[-1500:]}"
+                )
             try:
                 lines = (node.data / "postmaster.pid").read_text().splitlines()
             except OSError:
                 return False
-            return (len(lines) >= 8 and lines[0] == str(proc.pid)
-                    and lines[7].strip() in ("ready", "standby"))
+            return (
+                len(lines) >= 8
+                and lines[0] == str(proc.pid)
+                and lines[7].strip() in ("ready", "standby")
+            )
 
         wait_until(ready, timeout, f"{name} accepting connections")
 
@@ -233,8 +247,12 @@ class PgLab:
 
     def follow(self, name: str, primary: str) -> None:
         """Point a replica at `primary` (conninfo + a slot there) and reload: no restart."""
-        self.sql(primary, "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
-                 " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", (name, name))
+        self.sql(
+            primary,
+            "SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS"
+            " (SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)",
+            (name, name),
+        )
         conninfo = f"{self.nodes[primary].dsn} application_name={name}"
         self.sql(name, f"ALTER SYSTEM SET primary_conninfo = '{conninfo}'")
         self.sql(name, f"ALTER SYSTEM SET primary_slot_name = '{name}'")
@@ -258,8 +276,7 @@ class PgLab:
                 continue
             in_recovery, current, received, replayed, tli = row
             role = Role.REPLICA if in_recovery else Role.PRIMARY
-            out[name] = NodeStatus(name, role, replayed if in_recovery else current, received,
-                                   tli)
+            out[name] = NodeStatus(name, role, replayed if in_recovery else current, received, tli)
         return out
 
     def primaries(self) -> list[str]:
@@ -267,14 +284,21 @@ class PgLab:
 
     def replication(self, name: str) -> list[dict[str, Any]]:
         """pg_stat_replication of `name`: application_name, state, sync_state, replay_lsn."""
-        rows = self.sql(name, "SELECT application_name, state, sync_state, replay_lsn::text"
-                        " FROM pg_stat_replication ORDER BY application_name")
+        rows = self.sql(
+            name,
+            "SELECT application_name, state, sync_state, replay_lsn::text"
+            " FROM pg_stat_replication ORDER BY application_name",
+        )
         keys = ("application_name", "state", "sync_state", "replay_lsn")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def wait_streaming(self, primary: str, count: int, timeout: float = 30) -> None:
-        wait_until(lambda: sum(r["state"] == "streaming" for r in self.replication(primary))
-                   >= count, timeout, f"{count} replicas streaming from {primary}", 0.05)
+        wait_until(
+            lambda: sum(r["state"] == "streaming" for r in self.replication(primary)) >= count,
+            timeout,
+            f"{count} replicas streaming from {primary}",
+            0.05,
+        )
 
     # -- router, writers, config -----------------------------------------------------------
 
@@ -283,32 +307,22 @@ class PgLab:
         assert self.router is not None, "lab built without a router"
         return f"host=127.0.0.1 port={self.router.port} user=postgres dbname=postgres"
 
-    def start_health(self, timeout: float = 15) -> None:
+    def start_health(self) -> None:
         """The /primary endpoints, one process for all nodes (tests/labs/health.py)."""
-        self.checks = procs.free_ports(len(self.nodes))
-        specs = [f"127.0.0.1:{p}={n.dsn}"
-                 for p, n in zip(self.checks, self.nodes.values(), strict=True)]
-        with (self.root / "health.log").open("ab") as log:
-            self.health = subprocess.Popen([sys.executable, "-m", "tests.labs.health", *specs],
-                                           cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+        dsns = [n.dsn for n in self.nodes.values()]
+        self.health, self.checks = health.spawn(dsns, self.root / "health.log")
         self.started.add(self.health.pid)
 
     def start_router(self, timeout: float = 15) -> None:
         """HAProxy in front of the nodes, checking each node's /primary endpoint."""
         if self.health is None:
             self.start_health()
-        health = self.health
-        assert health is not None
-
-        def listening() -> bool:
-            if health.poll() is not None:
-                raise RuntimeError(f"health endpoints exited: {(self.root / 'health.log').read_text()[-1500:]}")
-            return all(haproxy.listening(p) for p in self.checks)
-
-        wait_until(listening, timeout, "the health endpoints")
-        servers = [haproxy.Server(n.name, n.port, p)
-                   for n, p in zip(self.nodes.values(), self.checks, strict=True)]
+        assert self.health is not None
+        health.wait_listening(self.health, self.checks, self.root / "health.log", timeout)
+        servers = [
+            haproxy.Server(n.name, n.port, p)
+            for n, p in zip(self.nodes.values(), self.checks, strict=True)
+        ]
         self.router = haproxy.make(self.rundir, self.root, servers)
         self.router.start(timeout)
         self.started.update(self.router.pids)
@@ -322,16 +336,15 @@ class PgLab:
 
     def cluster_config(self, name: str = "lab", max_lag_bytes: int = 16 * 2**20) -> dict[str, Any]:
         """This lab in the SPEC §10 clusters.yaml shape."""
+        node = {"host": "here", "bin_dir": str(PG_BIN), "run_as": "postgres"}
         nodes = {
-            n.name: {"dsn": n.dsn, "host": "here", "data_dir": str(n.data),
-                     "bin_dir": str(PG_BIN), "run_as": "postgres"}
-            for n in self.nodes.values()
+            n.name: {"dsn": n.dsn, **node, "data_dir": str(n.data)} for n in self.nodes.values()
         }
-        cluster: dict[str, Any] = {"kind": "postgres", "synchronous": bool(self.synchronous),
-                                   "max_lag_bytes": max_lag_bytes, "nodes": nodes}
+        cluster: dict[str, Any] = {"kind": "postgres", "synchronous": bool(self.synchronous)}
+        cluster.update(max_lag_bytes=max_lag_bytes, nodes=nodes)
         if self.router is not None:
-            cluster["router"] = {"kind": "haproxy", "socket": str(self.router.socket),
-                                 "backend": self.router.backend}
+            router = {"kind": "haproxy", "socket": str(self.router.socket)}
+            cluster["router"] = {**router, "backend": self.router.backend}
         return {"clusters": {name: cluster}}
 
     def write_clusters_yaml(self, path: Path, name: str = "lab", **kw: Any) -> Path:
@@ -351,7 +364,8 @@ class PgLab:
     def leftovers(self) -> list[int]:
         """Live processes whose cwd or command line is inside the lab's directories."""
         return procs.processes_under(
-            [self.root.resolve(), self.data_root.resolve(), self.rundir.resolve()])
+            [self.root.resolve(), self.data_root.resolve(), self.rundir.resolve()]
+        )
 
     def stop_all(self, remove_data: bool = True) -> None:
         """Stop writers, HAProxy, health endpoints and every node; kill what remains of them;
@@ -389,5 +403,3 @@ SELECT pg_is_in_recovery(),
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
        END
 """
-
-

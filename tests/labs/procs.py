@@ -38,6 +38,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def pg_ids() -> tuple[int, int]:
     entry = pwd.getpwnam(PG_USER)
     return entry.pw_uid, entry.pw_gid

@@ -51,8 +51,15 @@ class Writer:
     def start(self) -> Writer:
         self.out.touch()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.labs.writer", self.dsn, self.name, str(self.out),
-             str(self.interval)],
+            [
+                sys.executable,
+                "-m",
+                "tests.labs.writer",
+                self.dsn,
+                self.name,
+                str(self.out),
+                str(self.interval),
+            ],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=self.out.with_suffix(".err").open("ab"),
@@ -76,8 +83,11 @@ class Writer:
         return next((a for a in self.acks() if a.mono > t and port in (None, a.port)), None)
 
     def wait_ack_after(self, t: float, port: int | None = None, timeout: float = 30) -> Ack:
-        ack: Ack = wait_until(lambda: self.first_ack_after(t, port), timeout,
-                              f"writer {self.name}: a write acknowledged after t={t:.3f}")
+        ack: Ack = wait_until(
+            lambda: self.first_ack_after(t, port),
+            timeout,
+            f"writer {self.name}: a write acknowledged after t={t:.3f}",
+        )
         return ack
 
     def lost_ids(self, dsn: str) -> list[int]:
@@ -101,8 +111,12 @@ def run(dsn: str, name: str, out: Path, interval: float) -> None:
         while True:
             if conn is None:
                 try:
-                    conn = psycopg.connect(dsn, autocommit=True, connect_timeout=2,
-                                           application_name=f"lab-writer-{name}")
+                    conn = psycopg.connect(
+                        dsn,
+                        autocommit=True,
+                        connect_timeout=2,
+                        application_name=f"lab-writer-{name}",
+                    )
                 except psycopg.Error:
                     time.sleep(0.02)
                     continue
@@ -110,7 +124,8 @@ def run(dsn: str, name: str, out: Path, interval: float) -> None:
             try:
                 row = conn.execute(
                     "INSERT INTO lab_writes (writer, id) VALUES (%s, %s)"
-                    " RETURNING inet_server_port()", (name, next_id)
+                    " RETURNING inet_server_port()",
+                    (name, next_id),
                 ).fetchone()
             except psycopg.Error:
                 conn.close()
