@@ -59,6 +59,9 @@ class AlertmanagerPayload(Lenient):
     groupKey: str | None = None
     alerts: list[PromAlert] = Field(min_length=1)
     externalURL: str | None = None
+    truncatedAlerts: int = Field(
+        default=0, ge=0, description="alerts of the group left out by the sender's max_alerts"
+    )
 
 
 class GrafanaAlert(PromAlert):
@@ -138,6 +141,9 @@ class Incident(BaseModel):
     ends_at: datetime | None = None
     url: str | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
+    truncated_alerts: int = Field(
+        default=0, description="alerts of its group the sender left out (Alertmanager max_alerts)"
+    )
 
 
 INCIDENT_FIELDS = (*Incident.model_fields, "id")
@@ -152,7 +158,7 @@ def _clip(text: str | None) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
-def _prom(source: Source, alert: PromAlert, extra_url: str | None) -> Incident:
+def _prom(source: Source, alert: PromAlert, extra_url: str | None, truncated: int) -> Incident:
     fingerprint = alert.fingerprint or _digest(alert.labels)
     summary = (
         alert.annotations.get("summary")
@@ -172,6 +178,7 @@ def _prom(source: Source, alert: PromAlert, extra_url: str | None) -> Incident:
         ends_at=alert.endsAt if alert.status == "resolved" else None,
         url=alert.generatorURL or extra_url,
         raw=alert.model_dump(mode="json", by_alias=True),
+        truncated_alerts=truncated,
     )
 
 
@@ -180,7 +187,8 @@ def normalise(source: str, payload: BaseModel) -> list[Incident]:
     if isinstance(payload, AlertmanagerPayload | GrafanaPayload):
         assert source in ("alertmanager", "grafana")
         src: Source = "alertmanager" if source == "alertmanager" else "grafana"
-        return [_prom(src, alert, payload.externalURL) for alert in payload.alerts]
+        truncated = payload.truncatedAlerts if isinstance(payload, AlertmanagerPayload) else 0
+        return [_prom(src, alert, payload.externalURL, truncated) for alert in payload.alerts]
     if isinstance(payload, PagerDutyPayload):
         return [_pagerduty(payload)]
     if isinstance(payload, GenericPayload):

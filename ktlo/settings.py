@@ -16,6 +16,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="ktlo store; SQLite under home")
     runbooks: Path = Field(default=Path("runbooks"), description="where runbooks are loaded from")
     webhook_token: SecretStr | None = None
+    webhook_tolerance_s: int = Field(
+        default=300, ge=1, description="how old (or how far ahead) a signature's t= may be"
+    )
+    webhook_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection must send its request headers this fast"
+    )
+    webhook_body_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request must send its whole body this fast"
+    )
+    webhook_max_connections: int = Field(
+        default=512, ge=2, description="open connections to the receiver at most"
+    )
     channels: str | None = Field(
         default=None,
         description="named notification channels: JSON object or 'name=url;name=url'",

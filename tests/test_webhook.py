@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,29 +56,77 @@ def _incidents() -> list[Any]:
         return list(s.exec(select(IncidentRecord)).all())
 
 
-def test_auth_bearer_and_hmac(receiver: Receiver) -> None:
+def _signed(receiver: Receiver, raw: bytes, signature: str) -> httpx.Response:
+    return receiver.post(
+        "alertmanager", None, token=None, raw=raw, headers={"x-ktlo-signature": signature}
+    )
+
+
+def test_auth_bearer_and_timestamped_signature(receiver: Receiver) -> None:
     body = alertmanager(prom_alert("ServiceDown", "fp1", severity="critical"))
-    assert receiver.post("alertmanager", body, token=None).status_code == 401
-    assert receiver.post("alertmanager", body, token="wrong").status_code == 401
     raw = json.dumps(body).encode()
-    assert (
-        receiver.post(
-            "alertmanager",
-            None,
-            token=None,
-            raw=raw,
-            headers={"x-ktlo-signature": sign(raw, "nope")},
-        ).status_code
-        == 401
-    )
-    assert (
-        receiver.post(
-            "alertmanager", None, token=None, raw=raw, headers={"x-ktlo-signature": sign(raw)}
-        ).status_code
-        == 202
-    )
+    now = int(time.time())
+    old_format = "sha256=" + hmac.new(TOKEN.encode(), raw, hashlib.sha256).hexdigest()
+    other_stamp = sign(raw, t=now).split(",")[1]  # a valid v1 moved to another timestamp
+    refused = [
+        (None, "missing credentials"),
+        ("wrong", "wrong bearer token"),
+    ]
+    for token, reason in refused:
+        response = receiver.post("alertmanager", body, token=token)
+        assert response.status_code == 401, response.text
+        assert reason in response.json()["detail"]
+    signatures = [
+        (sign(raw, t=now - 301), "stale"),
+        (sign(raw, t=now + 301), "in the future"),
+        (old_format, "old format"),
+        ("t=soon,v1=abc", "malformed"),
+        (sign(raw).split(",")[1], "malformed"),
+        (f"t={now - 5},{other_stamp}", "bad signature"),
+        (sign(raw, "nope"), "bad signature"),
+        (sign(raw + b" "), "bad signature"),
+    ]
+    for signature, reason in signatures:
+        response = _signed(receiver, raw, signature)
+        assert response.status_code == 401, (signature, response.text)
+        assert reason in response.json()["detail"], (signature, response.text)
+    assert not _incidents()
+    assert _signed(receiver, raw, sign(raw)).status_code == 202
+    assert _signed(receiver, raw, sign(raw, t=now - 200)).status_code == 202  # within 300 s
     assert receiver.post("alertmanager", body).status_code == 202
     assert httpx.get(f"{receiver.url}/healthz").json()["status"] == "ok"
+
+
+def test_a_captured_signed_alert_replayed_after_the_window_is_refused(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ktlo.settings import reload_settings
+
+    home.runbook("on-down", TRIGGERED)
+    monkeypatch.setenv("KTLO_WEBHOOK_TOLERANCE_S", "2")
+    reload_settings()
+    r = Receiver()
+    try:
+        raw = json.dumps(
+            alertmanager(prom_alert("ServiceDown", "fp-replay", severity="critical"))
+        ).encode()
+        captured = sign(raw)
+        opened = _signed(r, raw, captured)
+        assert opened.status_code == 202, opened.text
+        assert opened.json()["incidents"][0]["outcome"] == "opened"
+        resolved = alertmanager(
+            prom_alert("ServiceDown", "fp-replay", status="resolved", severity="critical"),
+            status="resolved",
+        )
+        assert r.post("alertmanager", resolved).json()["incidents"][0]["outcome"] == "resolved"
+        time.sleep(3)
+        replayed = _signed(r, raw, captured)
+        assert replayed.status_code == 401, replayed.text
+        assert "stale" in replayed.json()["detail"]
+    finally:
+        r.close()
+    assert [(i.key, i.status) for i in _incidents()] == [("alertmanager:fp-replay", "resolved")]
+    assert len([o for o in _outbox() if o.kind == "start_run"]) == 1
 
 
 def test_no_auth_only_when_asked(home: Home) -> None:

@@ -20,8 +20,7 @@ import pytest
 from sqlmodel import select
 
 from tests.conftest import Home
-from tests.helpers import KTLO
-from tests.webhook_helpers import TOKEN, free_port
+from tests.webhook_helpers import TOKEN, WebhookProcess, free_port
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -74,38 +73,6 @@ def _flow_runs(deployment_id: Any, api_url: str | None = None) -> list[Any]:
                     return found
 
     return asyncio.run(read())
-
-
-class WebhookProcess:
-    def __init__(self, env: dict[str, str], port: int, log: Path):
-        self.port = port
-        self.proc = subprocess.Popen(
-            [KTLO, "webhook", "--port", str(port)],
-            env={**os.environ, **env, "KTLO_WEBHOOK_TOKEN": TOKEN},
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("ktlo webhook did not start: " + log.read_text()[-2000:])
-
-    def post(self, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(
-            f"http://127.0.0.1:{self.port}/hooks/generic",
-            json=body,
-            headers={"authorization": f"Bearer {TOKEN}"},
-            timeout=30,
-        )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
 
 
 def _wait(check: Any, timeout: float, what: str) -> Any:

@@ -153,6 +153,9 @@ def show(
             detail = "runbooks: " + (
                 ", ".join(t["details"].get("runbooks") or []) or "none matched"
             )
+            if t["details"].get("truncated_alerts"):
+                left_out = t["details"]["truncated_alerts"]
+                detail += f"; {left_out} alerts of its group left out by the sender (max_alerts)"
         elif t["what"] == "incident.run_failed":
             detail = str(t["details"].get("error"))
         table.add_row(t["at"] or "", t["what"].removeprefix("incident."), detail)

@@ -76,12 +76,10 @@ def webhook(
     import asyncio
     import logging
 
-    import uvicorn
-
     from ktlo.dispatch import Dispatcher
     from ktlo.heap import freeze_startup_heap
     from ktlo.prefect_local import ensure_api
-    from ktlo.webhook import create_app
+    from ktlo.webhook import create_app, make_server
 
     token = _token(insecure_no_auth)
     ensure_api()
@@ -92,16 +90,7 @@ def webhook(
         app = create_app(token, dispatcher=dispatcher)
         dispatcher.runbooks.runbooks()  # loaded before the first alert, and then frozen
         freeze_startup_heap()
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=host,
-                port=port,
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-            )
-        )
+        server = make_server(app, host, port, handle_signals=True)
         worker = asyncio.create_task(dispatcher.run_forever())
         console.print(f"ktlo webhook receiver on http://{host}:{port}/hooks/…")
         try:
