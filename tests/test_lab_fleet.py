@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -132,6 +133,7 @@ def test_failing_and_prompting_postinst(fleet: Fleet) -> None:
     done = fleet.ssh("lab-05", "apt-get install -y lab-broken=1.1")
     assert done.returncode == 100
     assert "injected failure" in done.stdout + done.stderr
+    assert fleet.packages("lab-05")["lab-broken"] == ("1.1", "iF")  # half-configured
     fleet.dpkg_install("lab-06", "lab-prompt", "1.0")
     with pytest.raises(subprocess.TimeoutExpired):
         fleet.ssh("lab-06", "apt-get install -y lab-prompt=1.1", timeout=3)
@@ -184,6 +186,17 @@ def test_pip_outdated_and_pip_audit_against_the_lab_osv(fleet: Fleet) -> None:
     assert [v["fix_versions"] for v in vulns["lab-httpkit"]] == [["1.1"]]
     assert fleet_pip.VULN_ID in vulns["lab-httpkit"][0]["aliases"] + [vulns["lab-httpkit"][0]["id"]]
     assert vulns["lab-yamlish"] == []
+    assert fleet.osv is not None
+    with httpx.Client(base_url=fleet.osv.url, trust_env=False) as osv:
+        pkg = {"name": "lab-httpkit", "ecosystem": "PyPI"}
+        queries = [{"package": pkg, "version": "1.0"}, {"package": pkg, "version": "1.1"}]
+        batch = osv.post("/v1/querybatch", json={"queries": queries}).json()
+        assert [[v["id"] for v in r["vulns"]] for r in batch["results"]] == [
+            [fleet_pip.VULN_ID],
+            [],
+        ]
+        assert osv.get(f"/v1/vulns/{fleet_pip.VULN_ID}").json()["aliases"] == ["CVE-2026-0001"]
+        assert osv.get("/v1/vulns/NOPE").status_code == 404
     upgrade = fleet.ssh("lab-10", f"{venv}/bin/pip install lab-httpkit==1.1")
     assert upgrade.returncode == 0, upgrade.stderr
     assert fleet.pip_installed("lab-10")["lab-httpkit"] == "1.1"

@@ -1,20 +1,22 @@
 """An SSH fleet on loopback for patch-management tests and benchmarks (SPEC §13).
 
-`Fleet(20)` builds N hosts, each a real OpenSSH sshd on a 127.0.0.1 port with its own apt/dpkg
-root (`APT_CONFIG`), python venv and throwaway host key; `start()` runs every sshd as a child
-of this process, `stop()` ends exactly the lab's processes. Use `running_fleet()` or the
-fixtures in `tests/labs/conftest_fleet.py`. The parts that do not change (unpacked sshd, apt
-repositories, host root template, wheels, venv template, pip-audit) are cached across sessions
-(`KTLO_LAB_CACHE`, default /var/tmp/ktlo-lab-cache-<uid>).
+`Fleet(20)` builds N hosts `lab-01`..: each a real OpenSSH sshd on a free 127.0.0.1 port with
+its own host key, apt/dpkg root (`APT_CONFIG`) and python venv; `start()` runs every sshd as a
+child of this process, `stop()` ends exactly the lab's processes. Use `running_fleet()` or the
+fixtures in `tests/labs/conftest_fleet.py`. What does not change (unpacked sshd, apt
+repositories, host root template, wheels, venv template, pip-audit) is cached across sessions
+in `KTLO_LAB_CACHE` (default /var/tmp/ktlo-lab-cache-<uid>); hosts live on /dev/shm.
 
 As root, sshd runs as the unprivileged system user `ktlo-lab` (see `fleet_sys.lab_user`), the
-only user it lets in. A host's `env` (in the inventory) sets `APT_CONFIG` and a `PATH` whose
-first entry is the host's `bin/`: `reboot` (asks the lab to reboot the host: sessions end, sshd
-goes down for `reboot_down_s` and comes back with a new boot id, reboot-required cleared),
-`lab-boot-id` (prints the host's boot id, the lab's stand-in for
-`cat /proc/sys/kernel/random/boot_id`) and `lab-health` (exits 1 after `set_health(name,
-False)`). Paths under a host root mirror a real host's: `<root>/var/run/reboot-required(.pkgs)`
-and `<root>/proc/sys/kernel/random/boot_id`; the inventory gives the root as `vars.root`.
+only user it lets in. A host's `env` (the inventory's, applied inside the command line as
+`remote()` does) sets `APT_CONFIG` and a `PATH` starting with the host's `bin/`, which holds:
+`reboot` (the host goes down `reboot_delay_s` later, its sessions end, and it is back
+`reboot_down_s` after that with a new boot id and no reboot-required file), `lab-boot-id`
+(prints the boot id: the lab's stand-in for `cat /proc/sys/kernel/random/boot_id`, so the
+patch code's boot-id command must be configurable) and `lab-health` (exits 1 after
+`set_health(name, False)`). Paths under a host root mirror a real host's:
+`<root>/var/run/reboot-required(.pkgs)`, `<root>/proc/sys/kernel/random/boot_id`; the
+inventory gives the root as `vars.root`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from tests.labs.fleet_host import (
     lab_pids,
     restore_host,
     runtime_base,
+    ssh_argv,
+    with_env,
 )
 from tests.labs.fleet_sshd import Sshd, sshd_config, wait_ready
 from tests.labs.fleet_sys import (
@@ -115,13 +119,7 @@ class Fleet:
         for i in range(self.count):
             name = f"lab-{i + 1:02d}"
             home = self.dir / "hosts" / name
-            sshd = Sshd(
-                self.parts.sshd_dir / "usr/sbin/sshd",
-                home / "sshd_config",
-                home / "sshd.log",
-                0,
-                f"{self.lab_id}/{name}",
-            )
+            sshd = Sshd.at(self.parts.sshd_dir, home, f"{self.lab_id}/{name}")
             group = "web" if i < (self.count + 1) // 2 else "db"
             self.hosts[name] = LabHost(name, home, ["lab", group], sshd)
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -307,6 +305,10 @@ class Fleet:
         """name -> version of the packages dpkg has installed ("ii") on the host."""
         return fleet_apt.installed(self.hosts[name].root)
 
+    def packages(self, name: str) -> dict[str, tuple[str, str]]:
+        """name -> (version, dpkg status abbrev such as "ii" or "iF") on the host."""
+        return fleet_apt.packages(self.hosts[name].root)
+
     def pip_installed(self, name: str) -> dict[str, str]:
         return fleet_pip.venv_packages(self.hosts[name].venv)
 
@@ -328,23 +330,12 @@ class Fleet:
 
     def remote(self, name: str, command: str) -> str:
         """`command` with the host's env applied inside the command line (sshd drops client env)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.hosts[name].env.items())
-        return f"export {env}; {command}"
+        return with_env(self.hosts[name].env, command)
 
     def ssh_argv(self, name: str, known_hosts: Path | None = None) -> list[str]:
         """OpenSSH client argv for a host: key only, strict host-key checking, no user config."""
-        opts = [
-            f"UserKnownHostsFile={known_hosts or self.known_hosts}",
-            "StrictHostKeyChecking=yes",
-            "GlobalKnownHostsFile=/dev/null",
-            "BatchMode=yes",
-            "IdentitiesOnly=yes",
-            "ConnectTimeout=10",
-            "LogLevel=ERROR",
-        ]
-        port = str(self.hosts[name].port)
-        argv = ["ssh", "-F", "/dev/null", "-i", str(self.client_key), "-p", port]
-        return [*argv, *(x for o in opts for x in ("-o", o)), f"{self.user.name}@127.0.0.1"]
+        known = known_hosts or self.known_hosts
+        return ssh_argv(self.hosts[name].port, self.client_key, known, self.user.name)
 
     def ssh(
         self,

@@ -230,10 +230,15 @@ def build_root(out: Path, repo: Path) -> None:
         cache.unlink()
 
 
-def installed(host_root: Path) -> dict[str, str]:
-    """`dpkg-query -W` on a host root: name -> version of every package dpkg calls installed."""
+def packages(host_root: Path) -> dict[str, tuple[str, str]]:
+    """`dpkg-query -W` on a host root: name -> (version, status: "ii", "iF" half-configured...)."""
     fmt = "${Package}\t${Version}\t${db:Status-Abbrev}\n"
     argv = ["dpkg-query", f"--admindir={host_root}/var/lib/dpkg", "-W", "-f", fmt]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rows = (line.split("\t") for line in out.splitlines())
-    return {name: version for name, version, status in rows if status.strip() == "ii"}
+    return {name: (version, status.strip()) for name, version, status in rows}
+
+
+def installed(host_root: Path) -> dict[str, str]:
+    """name -> version of every package dpkg calls installed ("ii")."""
+    return {name: ver for name, (ver, status) in packages(host_root).items() if status == "ii"}

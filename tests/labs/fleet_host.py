@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -160,6 +161,20 @@ def kill_lab(
         killed |= pids
         kill_all(sorted(pids))
     raise RuntimeError(f"processes of lab {lab_id} keep appearing: {sorted(pids)}")
+
+
+def with_env(env: dict[str, str], command: str) -> str:
+    """The command line that sets `env` first, as the patch code must (sshd drops client env)."""
+    return "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; " + command
+
+
+def ssh_argv(port: int, key: Path, known_hosts: Path, user: str) -> list[str]:
+    """OpenSSH client argv: key only, strict host-key checking, no user or system config."""
+    opts = [f"UserKnownHostsFile={known_hosts}", "StrictHostKeyChecking=yes",
+            "GlobalKnownHostsFile=/dev/null", "BatchMode=yes", "IdentitiesOnly=yes",
+            "ConnectTimeout=10", "LogLevel=ERROR"]  # fmt: skip
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port)]
+    return [*argv, *(x for o in opts for x in ("-o", o)), f"{user}@127.0.0.1"]
 
 
 def runtime_base() -> Path | None:

@@ -90,6 +90,11 @@ class Sshd:
     proc: subprocess.Popen[bytes] | None = None
     pids: list[int] = field(default_factory=list)  # every listener pid this host ever had
 
+    @classmethod
+    def at(cls, sshd_dir: Path, home: Path, tag: str) -> Sshd:
+        """A host's sshd, its config and log in `home` (its port is chosen at start)."""
+        return cls(sshd_dir / "usr/sbin/sshd", home / "sshd_config", home / "sshd.log", 0, tag)
+
     def spawn(self, user: LabUser) -> int:
         """Start `sshd -D -e` in its own session; returns the log offset to wait from."""
         offset = self.log.stat().st_size if self.log.exists() else 0

@@ -193,11 +193,11 @@ def by_port(ports: set[int], uid: int) -> dict[int, list[int]]:
         try:
             if not entry.name.isdigit() or entry.stat().st_uid != uid:
                 continue
-            held = {inodes.get(os.readlink(fd.path)) for fd in os.scandir(f"/proc/{entry.name}/fd")}
+            links = [os.readlink(fd.path) for fd in os.scandir(f"/proc/{entry.name}/fd")]
         except OSError:  # gone meanwhile
             continue
-        for port in held - {None}:
-            found.setdefault(port, []).append(int(entry.name))  # type: ignore[arg-type]
+        for held in {inodes[link] for link in links if link in inodes}:
+            found.setdefault(held, []).append(int(entry.name))
     return found
 
 
