@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpx
 from jinja2 import TemplateSyntaxError
 
 from ktlo.shelltemplate import compile_shell, render_shell
@@ -158,15 +158,16 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
 
 
 def _check_url(field: str, url: Any, rendering: AsUrl, rendered: dict[str, Any]) -> None:
-    allowed = rendered.get(rendering.allowed_hosts) or []
-    if not isinstance(allowed, list):
-        return  # the input model reports the wrong type
-    host = urlsplit(str(url)).hostname or ""
+    listed = rendered.get(rendering.allowed_hosts)
+    allowed = [str(h) for h in listed] if isinstance(listed, list | tuple) else []
+    try:
+        host = httpx.URL(str(url)).host  # the parser that will send the request
+    except httpx.InvalidURL as exc:
+        raise TemplateError(f"with.{field}: not a URL ({exc}); nothing was sent") from None
     if not host_allowed(host, allowed):
-        listed = ", ".join(map(str, allowed)) or "empty"
         raise TemplateError(
             f"with.{field}: host '{host}' comes from incident or step data and is not in "
-            f"with.{rendering.allowed_hosts} ({listed}); nothing was sent"
+            f"with.{rendering.allowed_hosts} ({', '.join(allowed) or 'empty'}); nothing was sent"
         )
 
 

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,4 +122,18 @@ def test_allowed_hosts_cannot_come_from_the_alert() -> None:
     assert render_inputs(raw, how, ctx)["url"] == "http://api.example.com/"
     ctx["incident"]["u"] = "http://example.com.evil.test/"
     with pytest.raises(TemplateError, match=re.escape("host 'example.com.evil.test'")):
+        render_inputs(raw, how, ctx)
+
+
+def test_the_host_checked_is_the_host_httpx_would_call() -> None:
+    how = {"url": AsUrl(allowed_hosts="allowed_hosts")}
+    raw = {"url": "{{ incident.u }}", "allowed_hosts": "{{ params.hosts }}"}
+    ctx: dict[str, Any] = {
+        "incident": {"u": "http://evil.test\\@127.0.0.1/"},
+        "params": {"hosts": ["evil.test"]},
+    }
+    with pytest.raises(TemplateError, match=re.escape("host '127.0.0.1'")):
+        render_inputs(raw, how, ctx)
+    ctx["params"]["hosts"] = ()  # not a list: nothing is allowed, not everything
+    with pytest.raises(TemplateError, match=re.escape("(empty)")):
         render_inputs(raw, how, ctx)
