@@ -43,7 +43,8 @@ import time
 from pathlib import Path
 
 from tests.labs import haproxy, procs
-from tests.labs.pglab import HBA, INCLUDE, PG_BIN, PgLab, Role, sync_names
+from tests.labs.pglab import PgLab
+from tests.labs.pgnode import HBA, INCLUDE, PG_BIN, Role, sync_names
 from tests.labs.procs import as_postgres
 from tests.labs.writer import TABLE_SQL, Writer
 
@@ -86,7 +87,7 @@ def data_home() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def _data_dir(kind: str) -> Path:
+def new_data_root(kind: str) -> Path:
     """A new data root named after this pid; roots of dead pids (crashed sessions) go."""
     home = data_home()
     for old in home.glob(f"{PREFIX}*"):
@@ -104,7 +105,7 @@ def template(nodes: int = 3) -> PgLab:
     """A stopped cluster of `nodes` data dirs (initdb + pg_basebackup), made once per process."""
     with _template_lock:
         if nodes not in _templates:
-            base = _data_dir("template")
+            base = new_data_root("template")
             atexit.register(shutil.rmtree, base, True)
             tpl = PgLab.create(base / "logs", base, base / "run", nodes, synchronous=False)
             primary = tpl.nodes["n1"]
@@ -154,7 +155,7 @@ def build(tmp: Path, nodes: int = 3, synchronous: bool | str = True, router: boo
     root = Path(tempfile.mkdtemp(prefix="pglab-", dir=tmp))
     procs.make_traversable(root)
     lab = PgLab.create(
-        root, _data_dir("lab"), Path(tempfile.mkdtemp(prefix="ktlo-pgrun-")), nodes, synchronous
+        root, new_data_root("lab"), Path(tempfile.mkdtemp(prefix="ktlo-pgrun-")), nodes, synchronous
     )
     lab.timings = timings
     names = list(lab.nodes)

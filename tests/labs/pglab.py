@@ -12,7 +12,6 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -20,83 +19,9 @@ import psycopg
 import yaml
 
 from tests.labs import haproxy, health, procs
+from tests.labs.pgnode import COMMON, PG_BIN, STATUS_SQL, Node, NodeStatus, Role, sync_names
 from tests.labs.procs import as_postgres, wait_gone, wait_until
 from tests.labs.writer import Writer
-
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-INCLUDE = "include '../node.conf'\n"
-HBA = (
-    "local all all trust\nlocal replication all trust\n"
-    "host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
-)
-COMMON: dict[str, str] = {
-    "listen_addresses": "127.0.0.1",
-    "wal_level": "replica",
-    "wal_log_hints": "on",
-    "hot_standby": "on",
-    "max_wal_senders": "10",
-    "max_replication_slots": "10",
-    "max_connections": "40",
-    "shared_buffers": "16MB",
-    "log_line_prefix": "%m [%p] %q%a ",
-    "timezone": "UTC",
-    "log_timezone": "UTC",
-}
-
-
-class Role(StrEnum):
-    PRIMARY = "primary"
-    REPLICA = "replica"
-    DOWN = "down"
-
-
-@dataclass
-class NodeStatus:
-    name: str
-    role: Role
-    lsn: str | None = None  # current WAL LSN on a primary, replay LSN on a replica
-    receive_lsn: str | None = None
-    timeline: int | None = None
-    error: str | None = None
-
-
-@dataclass
-class Node:
-    name: str
-    port: int
-    dir: Path  # node.conf and data/ (in RAM when the lab uses /dev/shm)
-    log: Path  # beside the lab's other logs, kept after stop_all()
-    settings: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def conf(self) -> Path:
-        return self.dir / "node.conf"
-
-    @property
-    def dsn(self) -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
-
-    def write_conf(self) -> None:
-        body = "".join(
-            f"{k} = '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in self.settings.items()
-        )
-        self.conf.write_text(body)
-        uid, gid = procs.pg_ids()
-        os.chown(self.conf, uid, gid)
-
-
-def sync_names(mode: bool | str, node: str, names: list[str]) -> str:
-    if not mode:
-        return ""
-    method = "ANY" if mode is True else str(mode).upper()
-    if method not in ("ANY", "FIRST"):
-        raise ValueError(f"synchronous: expected True, False, 'ANY' or 'FIRST', got {mode!r}")
-    return f"{method} 1 ({', '.join(n for n in names if n != node)})"
 
 
 @dataclass
@@ -144,14 +69,7 @@ class PgLab:
 
     def postmaster_pid(self, name: str) -> int | None:
         """The node's running postmaster (from postmaster.pid, checked against /proc)."""
-        node = self.nodes[name]
-        try:
-            pid = int((node.data / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (OSError, ValueError):
-            return None
-        if procs.alive(pid) and procs.cwd_of(pid) == node.data.resolve():
-            return pid
-        return None
+        return procs.postmaster_pid(self.nodes[name].data)
 
     def _spawn(self, name: str) -> None:
         node = self.nodes[name]
@@ -244,6 +162,29 @@ class PgLab:
         names = list(self.nodes)
         for name in names:
             self.configure(name, synchronous_standby_names=sync_names(mode, name, names))
+
+    def promote(self, name: str, timeout: float = 30) -> float:
+        """Promote a replica by hand (`pg_promote(false)`), reloading its configuration while
+        it waits; returns the seconds until it left recovery.
+
+        Why the reloads: right after the primary dies, the startup process can sit out
+        `wal_retrieve_retry_interval` (5 s) before it sees the promote request; a SIGHUP
+        while it waits ends that (SPEC §13; seen here too: 5.06 s without, with a reload
+        only before the call).
+        """
+        t0 = time.monotonic()
+        self.sql(name, "SELECT pg_promote(false)")
+        pid = self.postmaster_pid(name)
+
+        def promoted() -> bool:
+            if self.sql(name, "SELECT pg_is_in_recovery()") == [(False,)]:
+                return True
+            if pid is not None:
+                os.kill(pid, signal.SIGHUP)
+            return False
+
+        wait_until(promoted, timeout, f"{name} promoted", interval=0.05)
+        return time.monotonic() - t0
 
     def follow(self, name: str, primary: str) -> None:
         """Point a replica at `primary` (conninfo + a slot there) and reload: no restart."""
@@ -391,15 +332,3 @@ class PgLab:
         shutil.rmtree(self.rundir, ignore_errors=True)
         if remove_data:
             shutil.rmtree(self.data_root, ignore_errors=True)
-
-
-STATUS_SQL = """
-SELECT pg_is_in_recovery(),
-       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
-       pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
-       CASE WHEN pg_is_in_recovery()
-            THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
-                          (SELECT timeline_id FROM pg_control_checkpoint()))
-            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
-       END
-"""

@@ -104,6 +104,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def postmaster_pid(data: Path) -> int | None:
+    """The running postmaster of data directory `data` (its pid file, checked in /proc)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    if alive(pid) and cwd_of(pid) == data.resolve():
+        return pid
+    return None
+
+
 def cwd_of(pid: int) -> Path | None:
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd"))
