@@ -48,6 +48,15 @@ def test_writes_through_haproxy_reach_the_primary(lab: PgLab, tmp_path: Path) ->
                 (i,),
             ).fetchone()
             assert port == (lab.nodes["n1"].port,)
+    # The admin socket takes the runtime commands router steps will send.
+    assert lab.router.admin("disable server pg/n2").strip() == ""
+    lab.router.wait_state("n2", "MAINT")
+    lab.router.admin("enable server pg/n2")
+    lab.router.wait_state("n2", "DOWN")  # back under its health check: a replica stays down
+    lab.router.admin("set server pg/n1 state drain")
+    lab.router.wait_state("n1", "DRAIN")
+    lab.router.admin("set server pg/n1 state ready")
+    lab.router.wait_state("n1", "UP")
     status = lab.status()
     assert [status[n].role for n in ("n1", "n2", "n3")] == [
         Role.PRIMARY,

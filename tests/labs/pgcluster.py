@@ -36,6 +36,7 @@ import atexit
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -93,6 +94,8 @@ def new_data_root(kind: str) -> Path:
     for old in home.glob(f"{PREFIX}*"):
         pid = old.name[len(PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and not procs.alive(int(pid)):
+            # Servers of a killed session still run there (each in its own session).
+            procs.signal_pids(procs.processes_under([old]), signal.SIGKILL)
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-{kind}-", dir=home))
 
