@@ -3,10 +3,11 @@
 Each server is health-checked with `option httpchk GET /primary` on its own check port (the
 lab's health endpoint, tests/labs/health.py, or Patroni's REST API), so only the writable
 primary is UP. Timers are the ones measured in SPEC §13: `inter 500 fall 2 rise 1 fastinter
-200` (a dead primary is DOWN ~0.5-0.7 s after the kill), `retries 2`, `option redispatch 1`;
+200` (a dead primary was DOWN 0.3-0.7 s after the kill), `retries 2`, `option redispatch 1`;
 `on-marked-down shutdown-sessions` cuts clients still attached to a node that stops being
 primary. `balance roundrobin` on purpose: if two nodes ever pass the check (split brain),
-new connections reach both and a test can see it.
+new connections reach both and a test can see it. HAProxy 2.6 has no `init-state`: every
+server starts UP until its checks fail, so the lab waits for the replicas to be DOWN.
 
 HAProxy runs in the foreground (`-db`) as a child of the lab; it is stopped by that pid.
 Steps use the admin socket: `disable server pg/n1`, `set server pg/n1 state drain`, ...

@@ -1,33 +1,36 @@
 """A real PostgreSQL 15 cluster for failover tests and benchmarks: a primary, streaming
-replicas and HAProxy in front, under a temp dir, as the `postgres` user, on free loopback ports.
+replicas and HAProxy in front, as the `postgres` user, on free loopback ports.
 
-    lab = build(tmp, nodes=3, synchronous=True)   # a few s; the template once per process
+    lab = build(tmp, nodes=3, synchronous=True)   # ~1.5-2.5 s; +1-3 s for the first one
     w = lab.writer("w1")                           # commits numbered rows through HAProxy
     t = lab.kill9("n1")                            # SIGKILL of the postmaster (pid file)
-    lab.router.wait_state("n1", "DOWN")
-    ...
+    lab.router.wait_state("n1", "DOWN")            # ~0.3-0.7 s after the kill
+    lab.promote("n2")                              # pg_promote, reloading while it waits
+    w.wait_ack_after(t, port=lab.nodes["n2"].port); w.lost_ids(lab.nodes["n2"].dsn)
+    lab.write_clusters_yaml(path)                  # SPEC §10 clusters.yaml for ktlo
     lab.stop_all()                                 # kills exactly what the lab started
 
-Layout (why): each node is `<root>/nX/` with `data/` and `node.conf`. The data directory's
-`postgresql.conf` is the single line `include '../node.conf'`, identical on every node, so
-`pg_ctl -D data start` picks the node's own port, socket dir, cluster_name and sync settings,
-and `pg_rewind` (which copies the source's postgresql.conf) cannot give a node another
-node's settings. `postgresql.auto.conf` stays inside the data dir, as on a real server: it
-holds `primary_conninfo`/`primary_slot_name` written by `pg_basebackup -R -C -S nX`, and
-pg_rewind does copy it (SPEC §13: re-apply the node's own settings after a rewind).
+Layout (why): each node is `<data_root>/nX/` with `data/` and `node.conf`. The data
+directory's `postgresql.conf` is the single line `include '../node.conf'`, identical on
+every node, so `pg_ctl -D data start` picks the node's own port, socket dir, cluster_name
+and sync settings, and `pg_rewind` (which copies the source's postgresql.conf) cannot give a
+node another node's settings. `postgresql.auto.conf` stays inside the data dir, as on a real
+server: it holds `primary_conninfo`/`primary_slot_name` written by `pg_basebackup -R -C -S
+nX`, and pg_rewind does copy it (SPEC §13: re-apply the node's own settings after a rewind).
 
 `synchronous`: True/"ANY" → `ANY 1 (others)`, "FIRST" → `FIRST 1 (others)`, False → async.
-Each node lists the *other* nodes, so the setting holds whichever node is primary; it is
-ignored on standbys. Unix sockets and the HAProxy admin socket live in a short /tmp dir
-(socket paths are limited to 107 bytes; pytest's are long). Nodes start as children of this
-process (`postgres -D`, setuid in the child), so a kill is reaped at once.
+Each node lists the *other* nodes, so the setting holds whichever node is primary (it is
+ignored on standbys); n1 gets it once its replicas stream. Unix sockets and the HAProxy
+admin socket live in a short /tmp dir (socket paths are limited to 107 bytes). Nodes start
+as children of this process (`postgres -D`, setuid in the child), so a kill is reaped at
+once; a node the code under test starts itself (`pg_ctl`) is found by its pid file.
 
-Speed: once per process, `template()` runs initdb (1 MB WAL segments: less to copy) and `pg_basebackup -R -X stream -C -S nX`
-for each replica against a throwaway primary, then stops it cleanly. A lab copies those data
-directories (`cp -a`, in parallel), points the replicas' `primary_conninfo` at its own
-primary's port and starts them: the replicas stream from the slots copied with the primary.
-Data directories live in /dev/shm when it has room (see `data_home`); logs, configs and
-writer records stay under `tmp`.
+Speed: once per process, `template()` runs initdb (1 MB WAL segments: less to copy) and
+`pg_basebackup -R -X stream -C -S nX` for each replica against a throwaway primary, then
+stops it cleanly. A lab copies those data directories (`cp -a`, in parallel), points the
+replicas' `primary_conninfo` at its own primary's port and starts them: the replicas stream
+from the slots copied with the primary. Data directories live in /dev/shm when it has room
+(see `data_home`); logs, configs and writer records stay under `tmp`.
 """
 
 from __future__ import annotations
