@@ -1,7 +1,7 @@
 """Shared benchmark helpers: a dedicated Prefect server per session, timing and result lines.
 
 A session runs in a temporary `KTLO_HOME` (or `KTLO_BENCH_HOME` if set) with its own local
-Prefect server, started with `ktlo.prefect_local.start` and stopped at the end unless
+Prefect server, started with `ktlo.orchestration.local_server.start` and stopped at the end unless
 `KTLO_BENCH_KEEP_SERVER` is set. `PREFECT_API_URL` is set before anything imports Prefect,
 which reads its settings once at import. Benchmarks print what they measure; they never assert
 on timings.
@@ -65,14 +65,14 @@ def session() -> Iterator[Session]:
     # Flow and task logs still go to the API; only their echo on the console is silenced.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
-    from ktlo import prefect_local
+    from ktlo.orchestration import local_server
     from ktlo.settings import reload_settings
     from ktlo.store.db import reset_engines
 
     reload_settings()
     reset_engines()
     started = time.perf_counter()
-    info = prefect_local.start(quiet=True)
+    info = local_server.start(quiet=True)
     start_s = time.perf_counter() - started
     _reap(info.pid)
     os.environ["PREFECT_API_URL"] = info.api_url
@@ -94,7 +94,7 @@ def session() -> Iterator[Session]:
                 f"{HOME_ENV}={home}, stop it with KTLO_HOME={home} ktlo server stop"
             )
         else:
-            prefect_local.stop()
+            local_server.stop()
             if not fixed:
                 shutil.rmtree(home, ignore_errors=True)
 
@@ -103,7 +103,7 @@ def _reap(pid: int) -> None:
     """Collect the server's exit status as soon as it exits.
 
     A server started by this process stays a zombie after it exits until it is waited for,
-    and `prefect_local.stop()` would take the zombie for a live server.
+    and `local_server.stop()` would take the zombie for a live server.
     """
 
     def wait() -> None:

@@ -136,7 +136,7 @@ async def _wait_ready(proc: subprocess.Popen[bytes], log: Path) -> Any:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.exceptions import ObjectNotFound
 
-    from ktlo.launch import deployment_name
+    from ktlo.orchestration.launch import deployment_name
 
     deadline = time.monotonic() + READY_TIMEOUT_S
     async with get_client() as client:

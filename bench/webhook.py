@@ -180,7 +180,7 @@ class Setup:
     def wait_deployed(self, runbook: str) -> None:
         from prefect.exceptions import ObjectNotFound
 
-        from ktlo.launch import deployment_name
+        from ktlo.orchestration.launch import deployment_name
 
         async def exists(client: Any) -> bool:
             try:
@@ -564,7 +564,7 @@ def _delete_scheduled(runbook: str) -> int:
     )
     from prefect.client.schemas.objects import StateType
 
-    from ktlo.launch import deployment_name
+    from ktlo.orchestration.launch import deployment_name
 
     async def go(client: Any) -> int:
         dep = await client.read_deployment_by_name(deployment_name(runbook))

@@ -294,7 +294,7 @@ def run_batch(stack: Stack, workers: int, label: str = "") -> Batch:
     """Create 20 runs, wait until all are final; wall time to the last one Completed."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from ktlo.launch import deployment_name
+    from ktlo.orchestration.launch import deployment_name
 
     stack.set_workers(workers)
 

@@ -15,10 +15,10 @@ from typing import Annotated, Any
 from prefect import Flow, flow
 
 from flows.runbook import END_HOOKS, FLOW_NAME, execute_runbook
-from ktlo.deployments import attribute_name
-from ktlo.loader import load_all
-from ktlo.params import field_spec
-from ktlo.runbook import Runbook
+from ktlo.orchestration.deployments import attribute_name
+from ktlo.runbook.loader import load_all
+from ktlo.runbook.model import Runbook
+from ktlo.runbook.params import field_spec
 
 _cache: dict[str, tuple[str, Flow[Any, Any]]] = {}
 

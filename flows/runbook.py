@@ -2,7 +2,7 @@
 
 The flow receives the runbook's name (or path) and the runbook's own parameters as keyword
 arguments, so a deployment's parameter schema can be the runbook's typed parameters. It
-validates everything before the first step, runs the steps with `ktlo.engine.Executor`,
+validates everything before the first step, runs the steps with `ktlo.engine.executor.Executor`,
 publishes a markdown summary artifact and sends the runbook's notifications.
 """
 
@@ -21,15 +21,15 @@ from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from ktlo import notify, secrets
-from ktlo.context import flow_client, get_step_context
-from ktlo.engine import Executor, Outcome, RunInfo
+from ktlo.engine.executor import Executor, Outcome, RunInfo
+from ktlo.engine.summary import markdown_summary, notification
 from ktlo.errors import KtloError, RunbookInvalid, StepFailed
-from ktlo.loader import find_runbook, load_runbook
-from ktlo.params import validate_params
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.runbook import Runbook
+from ktlo.runbook.loader import find_runbook, load_runbook
+from ktlo.runbook.model import Runbook
+from ktlo.runbook.params import validate_params
+from ktlo.steps.context import flow_client, get_step_context
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 from ktlo.store import runs
-from ktlo.summary import markdown_summary, notification
 
 FLOW_NAME = "runbook"
 MAX_DEPTH = 8
@@ -98,7 +98,7 @@ def _mark_ended(status: str) -> Any:
     """
 
     async def hook(flow: Any, flow_run: Any, state: Any) -> None:
-        from ktlo.crashes import close_run
+        from ktlo.orchestration.crashes import close_run
 
         record = runs.get_run(str(flow_run.id))
         if record is not None and record.status == "running":

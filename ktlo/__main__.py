@@ -1,3 +1,3 @@
-from ktlo.cli import main
+from ktlo.app.cli import main
 
 main()

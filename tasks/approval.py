@@ -14,10 +14,10 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run
 from pydantic import Field
 
-from ktlo import approvals
-from ktlo.context import get_step_context
+from ktlo.engine import approvals
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
+from ktlo.steps.context import get_step_context
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 
 POLL_INTERVAL_S = 2
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from prefect import get_run_logger
 
-from ktlo.registry import StepInput, StepOutput, step_task
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 

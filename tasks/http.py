@@ -1,7 +1,7 @@
 """The `http.request` step: call an HTTP API and check the status code.
 
 A URL whose scheme, host or port comes from incident or step data is refused unless its host
-is in `allowed_hosts` (ktlo.rendering.AsUrl); when `allowed_hosts` is given, redirects must
+is in `allowed_hosts` (ktlo.runbook.rendering.AsUrl); when `allowed_hosts` is given, redirects must
 stay among those hosts too.
 """
 
@@ -16,8 +16,8 @@ import httpx
 from pydantic import Field, field_validator
 
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.rendering import AsUrl, Rendering, host_allowed
+from ktlo.runbook.rendering import AsUrl, Rendering, host_allowed
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 
 MAX_BODY = 256 * 1024
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

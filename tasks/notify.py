@@ -9,8 +9,8 @@ from pydantic import Field
 
 from ktlo import notify
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.templating import is_template
+from ktlo.runbook.templating import is_template
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 
 
 class NotifyInput(StepInput):

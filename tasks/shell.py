@@ -4,7 +4,7 @@ No shell is involved unless the command is a string and `shell: true`; a string 
 without `shell` is split like a POSIX shell would split it, before its templates are
 rendered, so a value stays one argument. In a `shell: true` command every `{{ }}` value is
 passed as an environment variable and referenced from the script, so it is never read as
-shell code (ktlo.shelltemplate). The command runs in its own process group, so a timeout or
+shell code (ktlo.runbook.shelltemplate). The command runs in its own process group, so a timeout or
 cancellation kills everything it started; it does not inherit ktlo's own secrets.
 """
 
@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.rendering import AsShell, AsWords, Rendering
-from ktlo.templating import is_template
+from ktlo.runbook.rendering import AsShell, AsWords, Rendering
+from ktlo.runbook.templating import is_template
+from ktlo.steps.registry import StepInput, StepOutput, step_task
 
 HEAD_BYTES = 16 * 1024
 TAIL_BYTES = 48 * 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from ktlo import audit
+from ktlo.store import audit
 from ktlo.store.db import engine, reset_engines
 from tests.conftest import require_service
 
@@ -88,7 +88,7 @@ def record_run(run_id: str, steps: int = 2, runbook: str = "nightly") -> None:
 
 
 def anchor_lines() -> list[str]:
-    from ktlo import audit_anchor
+    from ktlo.store import audit_anchor
 
     path: Path = audit_anchor.path()
     return path.read_text().splitlines() if path.exists() else []

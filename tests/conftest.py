@@ -44,13 +44,13 @@ def unavailable(reason: str) -> None:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server for the whole session (starting one costs 15-25 s)."""
-    from ktlo import prefect_local
+    from ktlo.orchestration import local_server
     from ktlo.settings import reload_settings
 
     external = os.environ.get("KTLO_TEST_PREFECT_API_URL")
     if external:
         os.environ["PREFECT_API_URL"] = external
-        prefect_local._apply_to_loaded_prefect(external)
+        local_server._apply_to_loaded_prefect(external)
         yield external
         return
     home = tmp_path_factory.mktemp("prefect-home")
@@ -60,9 +60,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     previous_home = os.environ.get("KTLO_HOME")
     os.environ["KTLO_HOME"] = str(home)
     reload_settings()
-    info = prefect_local.start(port=None, quiet=True)  # any free port: sessions may overlap
+    info = local_server.start(port=None, quiet=True)  # any free port: sessions may overlap
     os.environ["PREFECT_API_URL"] = info.api_url
-    prefect_local._apply_to_loaded_prefect(info.api_url)
+    local_server._apply_to_loaded_prefect(info.api_url)
     if previous_home is None:
         os.environ.pop("KTLO_HOME", None)
     else:
@@ -73,7 +73,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _drain_prefect_workers()
         os.environ["KTLO_HOME"] = str(home)
         reload_settings()
-        prefect_local.stop()
+        local_server.stop()
         if previous_home is None:
             os.environ.pop("KTLO_HOME", None)
         reload_settings()

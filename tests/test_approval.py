@@ -41,7 +41,7 @@ def _start(home: Home, timeout: int = 120) -> subprocess.Popen[str]:
 
 
 def _wait_pending(deadline_s: float = 60) -> Any:
-    from ktlo import approvals
+    from ktlo.engine import approvals
 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -53,7 +53,7 @@ def _wait_pending(deadline_s: float = 60) -> Any:
 
 
 def _audit_actions() -> list[tuple[str, str]]:
-    from ktlo.audit import events
+    from ktlo.store.audit import events
 
     return [(e.action, e.actor) for e in reversed(events(limit=500))]
 
@@ -81,7 +81,7 @@ def test_approve_from_the_cli(home: Home, prefect_api: str) -> None:
         actions[[a for a, _ in actions].index("approval.requested")][1],
     ) in actions
     assert ("approval.approved", "alice") in actions
-    from ktlo.audit import events
+    from ktlo.store.audit import events
 
     decided = next(e for e in events(limit=500) if e.action == "approval.approved")
     assert decided.details["comment"] == "change CHG-42"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ktlo import audit, audit_anchor
+from ktlo.store import audit, audit_anchor
 from ktlo.store.db import engine, session
 from tests.audit_helpers import anchor_lines, cut_tail, record_run, set_key, sql, store_for
 from tests.audit_helpers import fill as _fill

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ktlo import audit, audit_anchor
+from ktlo.store import audit, audit_anchor
 from ktlo.store.db import engine, reset_engines, session
 from tests.audit_helpers import anchor_lines, cut_tail, fill, set_key, sql, store_for
 from tests.conftest import Home

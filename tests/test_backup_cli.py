@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ktlo.store import backups
+from tasks.backup import store
 from tasks.backup.directory import DirectoryBackupInput, backup_directory
 from tasks.backup.model import DestinationSpec
 from tasks.backup.postgres import PostgresBackupInput, backup_postgres
@@ -164,7 +164,7 @@ def test_nightly_backup_then_restore_drill(home: Home, run: Any, tmp_path: Path)
             "nightly-postgres",
             "nightly-mariadb",
         ):
-            newest = backups.latest(source, verified=True)
+            newest = store.latest(source, verified=True)
             assert newest is not None
             assert newest.verify_deep
         assert nightly.steps["prune"].summary == "kept 5, removed 0"

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ktlo import audit
-from ktlo.store import backups
+from ktlo.store import audit
+from tasks.backup import store
 from tasks.backup.mariadb import (
     MariadbBackupInput,
     MariadbRestoreInput,
@@ -134,8 +134,8 @@ def test_postgres_unreachable_and_unknown_role(home: Home, run: Any) -> None:
     assert "pw-Hq83-notused" not in down
     assert 'role "no_such_role_ktlo" does not exist' in (result.steps["nobody"].error or "")
     assert "no_such_database_ktlo" in (result.steps["nodb"].error or "")
-    assert backups.entries() == []
-    failed = backups.entries(statuses=("failed",))
+    assert store.entries() == []
+    failed = store.entries(statuses=("failed",))
     assert len(failed) == 3
     assert all("pw-Hq83-notused" not in str(e) for e in audit.events())
 
@@ -219,7 +219,7 @@ def test_mariadb_wrong_password_and_unreachable(home: Home, run: Any, tmp_path: 
     assert "pw-Wrong-7731" not in wrong
     assert "Can't connect" in (result.steps["down"].error or "")
     good = result.steps["right"].output["backup_id"]
-    assert [e.id for e in backups.entries()] == [good]
+    assert [e.id for e in store.entries()] == [good]
     for event in audit.events():
         assert "pw-Wrong-7731" not in str(event.details)
         assert "pw-Right-5521" not in str(event.details)

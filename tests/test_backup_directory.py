@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ktlo import audit
-from ktlo.store import backups
+from ktlo.store import audit
+from tasks.backup import store
 from tasks.backup.directory import (
     DirectoryBackupInput,
     DirectoryRestoreInput,
@@ -125,7 +125,7 @@ def test_encrypted_round_trip_and_wrong_key(
     # the key never reaches the catalog, the manifest or the audit trail
     manifest = Path(f"{entry.location}.manifest.json").read_text()
     assert KEY not in manifest
-    assert KEY not in str(backups.get(entry.id))
+    assert KEY not in str(store.get(entry.id))
     assert all(KEY not in str(e.details) for e in audit.events())
 
     target = tmp_path / "decrypted"
@@ -162,7 +162,7 @@ def test_flipped_byte_is_detected(
         verify_backup(VerifyInput(backup_id=entry.id), Job())
     assert entry.id in str(shallow.value)
     assert "corrupt" in str(shallow.value)
-    after = backups.get(entry.id)
+    after = store.get(entry.id)
     assert after is not None
     assert after.verify_status == "failed"
     assert entry.id in (after.verify_error or "")
@@ -182,7 +182,7 @@ def test_flipped_byte_is_detected(
 def test_missing_path_fails_and_records_nothing(home: Home, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="does not exist"):
         backup_directory(DirectoryBackupInput(path=str(tmp_path / "nope")), Job())
-    assert backups.entries(statuses=None) == []
+    assert store.entries(statuses=None) == []
 
 
 def test_destination_that_is_not_a_directory_fails_cleanly(
@@ -192,9 +192,9 @@ def test_destination_that_is_not_a_directory_fails_cleanly(
     blocker.write_text("I am not a directory")
     with pytest.raises(BackupError, match="cannot create"):
         backup_directory(DirectoryBackupInput(path=str(tree), destination=str(blocker)), Job())
-    [entry] = backups.entries(statuses=None)
+    [entry] = store.entries(statuses=None)
     assert entry.status == "failed"
-    assert backups.entries() == []
+    assert store.entries() == []
 
 
 def test_full_destination(home: Home, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_full_destination(home: Home, tmp_path: Path) -> None:
         with pytest.raises(BackupError, match="full") as failure:
             backup_directory(DirectoryBackupInput(path=str(src), destination=str(dest)), Job())
         assert "No space" in str(failure.value) or "no space" in str(failure.value)
-        [entry] = backups.entries(statuses=None)
+        [entry] = store.entries(statuses=None)
         assert entry.status == "failed"
         assert "full" in (entry.error or "")
         leftovers = [p for p in dest.rglob("*") if p.is_file()]
@@ -219,7 +219,7 @@ def test_read_only_destination(home: Home, tree: Path, tmp_path: Path) -> None:
         pytest.raises(BackupError, match="not writable"),
     ):
         backup_directory(DirectoryBackupInput(path=str(tree), destination=str(dest)), Job())
-    assert backups.entries() == []
+    assert store.entries() == []
 
 
 # -- SIGKILL mid-write ---------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_step_timeout_stops_the_backup_and_records_it_failed(
     result = run(path)
     assert result.status == "failed"
     assert "timed out" in (result.steps["backup"].error or "")
-    [entry] = backups.entries(statuses=None)
+    [entry] = store.entries(statuses=None)
     assert entry.status == "failed"
     assert _partials(home.path / "backups") == []
     assert [p for p in (home.path / "backups").rglob("*") if p.is_file()] == []
@@ -290,9 +290,9 @@ def test_sigkill_mid_write_leaves_no_backup_and_the_next_run_cleans_up(
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
 
-    [entry] = backups.entries(source="killed", statuses=None)
+    [entry] = store.entries(source="killed", statuses=None)
     assert entry.status == "writing"  # never complete
-    assert backups.entries(source="killed") == []
+    assert store.entries(source="killed") == []
     assert [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(".partial")] == []
 
     path = home.runbook(
@@ -308,12 +308,12 @@ def test_sigkill_mid_write_leaves_no_backup_and_the_next_run_cleans_up(
     result = run(path)
     assert result.status == "succeeded", result.steps["backup"].error
     new_id = result.steps["backup"].output["backup_id"]
-    interrupted = backups.get(entry.id)
+    interrupted = store.get(entry.id)
     assert interrupted is not None
     assert interrupted.status == "failed"
     assert "interrupted" in (interrupted.error or "")
     assert _partials(dest) == []
-    assert [e.id for e in backups.entries(source="killed")] == [new_id]
+    assert [e.id for e in store.entries(source="killed")] == [new_id]
     assert any(e.action == "backup.interrupted" for e in audit.events())
 
 
@@ -349,7 +349,7 @@ def test_runbook_backup_verify_restore(home: Home, run: Any, tree: Path, tmp_pat
     assert result.steps["restore"].output["sha256"] == out["sha256"]
     assert snapshot_tree(target) == snapshot_tree(tree)
     unlock(target)
-    entry = backups.get(out["backup_id"])
+    entry = store.get(out["backup_id"])
     assert entry is not None
     assert entry.verify_status == "ok"
     assert entry.run_id == result.run.id
@@ -371,7 +371,7 @@ def test_runbook_fails_on_missing_path(home: Home, run: Any, tmp_path: Path) -> 
     result = run(path)
     assert result.status == "failed"
     assert "does not exist" in (result.steps["backup"].error or "")
-    assert backups.entries() == []
+    assert store.entries() == []
 
 
 def test_runbook_fails_on_full_destination(home: Home, run: Any, tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_runbook_fails_on_full_destination(home: Home, run: Any, tmp_path: Path)
         result = run(path)
         assert result.status == "failed"
         assert "destination is full" in (result.steps["backup"].error or "")
-        assert backups.entries() == []
+        assert store.entries() == []
         assert [p for p in dest.rglob("*") if p.is_file()] == []
 
 

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ktlo import audit
-from ktlo.store import backups
-from ktlo.store.backups import Backup
+from ktlo.store import audit
 from ktlo.store.db import engine
+from tasks.backup import store
 from tasks.backup.prune import PruneInput, prune
 from tasks.backup.retention import NEWEST_VERIFIED, Policy, Snapshot, apply_policy, plan
+from tasks.backup.store import Backup
 from tests.conftest import Home
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -169,12 +169,12 @@ def _catalog(history: dict[str, list[tuple[int, bool]]], dest: Path) -> None:
             key = f"{source}/{snap.id}.bin"
             (dest / source).mkdir(parents=True, exist_ok=True)
             (dest / key).write_bytes(b"x")
-            backups.add(
+            store.add(
                 Backup(
                     id=snap.id,
                     source=source,
                     kind="directory",
-                    status=backups.COMPLETE,
+                    status=store.COMPLETE,
                     created_at=snap.created,
                     destination={"url": str(dest)},
                     location=str(dest / key),
@@ -210,13 +210,13 @@ def test_prune_step_over_the_catalog(
         snaps = snapshots(items, prefix=source)
         verified = sorted((s for s in snaps if s.verified), key=lambda s: (s.created, s.id))
         expected = oracle(snaps, policy) | ({verified[-1].id} if verified else set())
-        remaining = {e.id for e in backups.entries(source=source)}
+        remaining = {e.id for e in store.entries(source=source)}
         assert remaining == expected
         if verified:
             assert verified[-1].id in remaining
         for snap in snaps:
             assert (dest / source / f"{snap.id}.bin").exists() == (snap.id in expected)
-    assert set(out.removed) == {e.id for e in backups.entries(statuses=(backups.PRUNED,))}
+    assert set(out.removed) == {e.id for e in store.entries(statuses=(store.PRUNED,))}
 
 
 def test_prune_dry_run_changes_nothing_and_is_audited(home: Home, tmp_path: Path) -> None:
@@ -225,7 +225,7 @@ def test_prune_dry_run_changes_nothing_and_is_audited(home: Home, tmp_path: Path
     assert out.kept == ["src005", "src002"]  # the newest, and the newest verified
     assert out.reasons["src002"] == [NEWEST_VERIFIED]
     assert len(out.removed) == 4
-    assert len(backups.entries(source="src")) == 6
+    assert len(store.entries(source="src")) == 6
     [event] = audit.events(action_prefix="backup.prune")
     assert event.details["dry_run"] is True
     assert event.details["removed"] == out.removed
@@ -246,7 +246,7 @@ def test_prune_through_a_runbook(home: Home, run: Any, tmp_path: Path) -> None:
     result = run(path)
     assert result.status == "succeeded", result.steps["prune"].error
     assert result.steps["prune"].summary == "kept 2, removed 3"
-    assert [e.id for e in backups.entries(source="src")] == ["src004", "src003"]
+    assert [e.id for e in store.entries(source="src")] == ["src004", "src003"]
     assert len(audit.events(action_prefix="backup.pruned")) == 3
 
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from ktlo import audit
-from ktlo.store import backups
-from ktlo.store.backups import Backup
+from ktlo.store import audit
 from ktlo.store.models import utcnow
+from tasks.backup import store
 from tasks.backup.directory import (
     DirectoryBackupInput,
     DirectoryRestoreInput,
@@ -23,6 +22,7 @@ from tasks.backup.directory import (
 )
 from tasks.backup.model import BackupError, DestinationSpec
 from tasks.backup.prune import PruneInput, prune
+from tasks.backup.store import Backup
 from tasks.backup.stream import Job
 from tasks.backup.verify import VerifyInput, verify_backup
 from tests.backup_helpers import S3, make_tree, s3_server, snapshot_tree, unlock
@@ -124,7 +124,7 @@ def test_interrupted_upload_is_cleaned_up_by_the_next_run(
     s3.client().upload_part(
         Bucket=s3.bucket, Key=key, UploadId=upload, PartNumber=1, Body=os.urandom(6 << 20)
     )
-    backups.add(
+    store.add(
         Backup(
             id="20240101T000000Z-deadbeef",
             source="dead",
@@ -138,7 +138,7 @@ def test_interrupted_upload_is_cleaned_up_by_the_next_run(
         )
     )
     backup_directory(DirectoryBackupInput(path=str(src), destination=spec), Job())
-    dead = backups.get("20240101T000000Z-deadbeef")
+    dead = store.get("20240101T000000Z-deadbeef")
     assert dead is not None
     assert dead.status == "failed"
     assert s3.client().list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []
@@ -160,7 +160,7 @@ def test_unreachable_endpoint_fails_cleanly(
     )
     with pytest.raises(BackupError, match="s3://nowhere"):
         backup_directory(DirectoryBackupInput(path=str(src), destination=spec), Job())
-    assert backups.entries() == []
+    assert store.entries() == []
 
 
 def test_s3_destination_in_a_runbook(home: Home, run: Any, s3: S3, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ktlo.store import backups
+from tasks.backup import store
 from tasks.backup.model import BackupError
 from tasks.backup.sqlite import (
     SqliteBackupInput,
@@ -139,8 +139,8 @@ def test_missing_and_invalid_databases_fail_clearly(home: Home, tmp_path: Path) 
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(BackupError, match="not a readable SQLite database"):
         backup_sqlite(SqliteBackupInput(path=str(junk)), Job())
-    assert backups.entries() == []
-    assert [e.status for e in backups.entries(statuses=None)] == ["failed"]
+    assert store.entries() == []
+    assert [e.status for e in store.entries(statuses=None)] == ["failed"]
 
 
 def test_the_ktlo_store_itself(home: Home, run: Any, tmp_path: Path) -> None:

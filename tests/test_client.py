@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from ktlo.client import QuickRetryTransport
+from ktlo.orchestration.client import QuickRetryTransport
 
 
 class Flaky:

@@ -9,7 +9,7 @@ from tests.helpers import REPO, cli
 
 
 def test_prefect_yaml_is_in_sync_with_runbooks() -> None:
-    from ktlo.deployments import generate
+    from ktlo.orchestration.deployments import generate
 
     text, problems = generate(REPO / "runbooks")
     assert not problems
@@ -22,7 +22,7 @@ def test_catalog_flow_signature_is_the_runbooks_parameters(home: Home) -> None:
     from prefect.utilities.callables import parameter_schema
 
     from flows.catalog import flow_for
-    from ktlo.loader import load_runbook
+    from ktlo.runbook.loader import load_runbook
 
     rb = load_runbook(
         home.runbook(

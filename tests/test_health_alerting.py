@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlmodel import select
 
-from ktlo import audit
+from ktlo.store import audit
 from ktlo.store.db import session
-from ktlo.store.health import CheckEvent, CheckState, current_states
+from tasks.health.store import CheckEvent, CheckState, current_states
 from tests.conftest import Home
 from tests.health_helpers import (
     free_port,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ktlo.store.health import current_states
+from tasks.health.store import current_states
 from tests.conftest import Home
 from tests.health_helpers import hanging_server, service, sweep_runbook
 from tests.test_health_alerting import sweep

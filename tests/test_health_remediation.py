@@ -13,9 +13,9 @@ from uuid import UUID
 import pytest
 from sqlmodel import select
 
-from ktlo import audit
+from ktlo.store import audit
 from ktlo.store.db import session
-from ktlo.store.health import CheckEvent, CheckState, current_states
+from tasks.health.store import CheckEvent, CheckState, current_states
 from tests.conftest import Home
 from tests.health_helpers import free_port, messages, service, sweep_runbook
 from tests.helpers import Receiver
@@ -25,7 +25,7 @@ from tests.test_health_alerting import sweep, target
 def deploy(home: Home, name: str, *, fail: bool = False) -> str:
     """A remediation runbook with a deployment on the session's Prefect server."""
     from flows.catalog import flow_for
-    from ktlo.loader import load_runbook
+    from ktlo.runbook.loader import load_runbook
 
     command = '[sh, -c, "exit 1"]' if fail else '[sh, -c, "exit 0"]'
     path = home.runbook(
@@ -63,7 +63,7 @@ def execute(home: Home, flow_run_id: str) -> Any:
     from prefect.flow_engine import run_flow_async
 
     from flows.catalog import flow_for
-    from ktlo.loader import find_runbook, load_runbook
+    from ktlo.runbook.loader import find_runbook, load_runbook
 
     async def go() -> Any:
         async with get_client() as client:

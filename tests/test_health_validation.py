@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from ktlo.errors import RunbookInvalid
-from ktlo.loader import load_runbook
+from ktlo.runbook.loader import load_runbook
 from tests.conftest import Home
 from tests.helpers import REPO, cli
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from ktlo import audit, intake
-from ktlo.incidents import GenericPayload, Incident, normalise
-from ktlo.runbook import Runbook
+from ktlo.incidents import intake
+from ktlo.incidents.sources import GenericPayload, Incident, normalise
+from ktlo.runbook.model import Runbook
+from ktlo.store import audit
 from tests.conftest import Home
 
 RUNBOOK = Runbook.model_validate(
@@ -28,8 +29,8 @@ def alert(key: str, status: str = "firing", team: str = "ops") -> list[Incident]
 
 
 def _rows() -> tuple[list[Any], list[Any]]:
+    from ktlo.incidents.store import IncidentRecord, OutboxItem
     from ktlo.store.db import session
-    from ktlo.store.incidents import IncidentRecord, OutboxItem
 
     with session() as s:
         incidents = list(s.exec(select(IncidentRecord).order_by(col(IncidentRecord.first_seen))))

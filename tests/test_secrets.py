@@ -89,7 +89,7 @@ def test_secret_is_used_but_never_shown(
     assert receiver.requests[0]["headers"]["Authorization"] == f"Bearer {TOKEN}"
     assert "***" in result.steps["echo"].output["stdout"]
     # ...and shows up nowhere
-    from ktlo.audit import events
+    from ktlo.store.audit import events
 
     seen: list[str] = []
     for step in result.steps.values():

@@ -174,7 +174,7 @@ def test_a_killed_run_is_recorded_as_crashed_and_retried(
     runs = wait_until(two_runs, 60, "the crashed run to be retried")
     statuses = sorted(r.status for r in runs)
     assert statuses == ["crashed", "succeeded"]
-    from ktlo.audit import events
+    from ktlo.store.audit import events
 
     assert [e.run_id for e in events(action_prefix="run.retried")] == [str(run_id)]
     time.sleep(1)

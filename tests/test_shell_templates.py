@@ -1,7 +1,7 @@
 """Shell commands as templates, run by a real /bin/sh: every `{{ }}` value stays text.
 
 The step-level attacks are in test_security_steps.py; these cover each quoting context the
-scanner in ktlo.shelltemplate tells apart, quickly and without Prefect.
+scanner in ktlo.runbook.shelltemplate tells apart, quickly and without Prefect.
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from typing import Any
 
 import pytest
 
-from ktlo.rendering import AsShell, AsUrl, AsWords, problems, render_inputs, untrusted_authority
-from ktlo.templating import TemplateError
+from ktlo.runbook.rendering import (
+    AsShell,
+    AsUrl,
+    AsWords,
+    problems,
+    render_inputs,
+    untrusted_authority,
+)
+from ktlo.runbook.templating import TemplateError
 
 HOSTILE = "$(touch {m}) `touch {m}` ${{X:=1}} '\"; touch {m}\nEOF\ntouch {m} \\ * ~"
 

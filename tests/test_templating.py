@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ktlo import secrets
-from ktlo.templating import TemplateError, analyse, render
+from ktlo.runbook.templating import TemplateError, analyse, render
 
 
 def test_full_expression_keeps_its_type() -> None:

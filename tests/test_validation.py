@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ktlo.errors import RunbookInvalid
-from ktlo.loader import load_runbook
+from ktlo.runbook.loader import load_runbook
 from tests.conftest import Home
 
 VALID = """
@@ -186,7 +186,7 @@ def test_all_problems_are_reported_at_once(home: Home) -> None:
 
 
 def test_shipped_runbooks_are_valid() -> None:
-    from ktlo.loader import load_all
+    from ktlo.runbook.loader import load_all
 
     runbooks, problems = load_all(Path(__file__).resolve().parents[1] / "runbooks")
     assert not problems, problems

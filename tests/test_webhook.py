@@ -41,16 +41,16 @@ def receiver(home: Home) -> Iterator[Receiver]:
 
 
 def _outbox() -> list[Any]:
+    from ktlo.incidents.store import OutboxItem
     from ktlo.store.db import session
-    from ktlo.store.incidents import OutboxItem
 
     with session() as s:
         return list(s.exec(select(OutboxItem)).all())
 
 
 def _incidents() -> list[Any]:
+    from ktlo.incidents.store import IncidentRecord
     from ktlo.store.db import session
-    from ktlo.store.incidents import IncidentRecord
 
     with session() as s:
         return list(s.exec(select(IncidentRecord)).all())
@@ -302,7 +302,7 @@ def test_unmatched_incidents_are_kept_and_listed(receiver: Receiver, home: Home)
 
 def test_incident_templates_are_validated(home: Home) -> None:
     from ktlo.errors import RunbookInvalid
-    from ktlo.loader import load_runbook
+    from ktlo.runbook.loader import load_runbook
 
     path = home.runbook("bad", TRIGGERED.replace("incident.summary", "incident.sumary"))
     with pytest.raises(RunbookInvalid, match="incident has no field 'sumary'"):
@@ -357,12 +357,12 @@ def test_run_starts_give_way_to_a_burst_of_alerts_but_not_to_a_single_alert(home
     import asyncio
     import time
 
-    from ktlo import dispatch
+    from ktlo.incidents import outbox
 
-    dispatcher = dispatch.Dispatcher()
+    dispatcher = outbox.Dispatcher()
     dispatcher.received()
     assert not dispatcher.bursting()  # one alert starts its run at once
-    for _ in range(dispatch.BURST_ALERTS):
+    for _ in range(outbox.BURST_ALERTS):
         dispatcher.received()
     assert dispatcher.bursting()
 
@@ -372,5 +372,5 @@ def test_run_starts_give_way_to_a_burst_of_alerts_but_not_to_a_single_alert(home
         return time.monotonic() - started
 
     waited = asyncio.run(deferred())  # the burst has paused: the wait ends after QUIET_S
-    assert dispatch.QUIET_S * 0.5 <= waited < dispatch.MAX_DEFER_S
+    assert outbox.QUIET_S * 0.5 <= waited < outbox.MAX_DEFER_S
     assert not dispatcher.bursting()

@@ -46,7 +46,7 @@ def _runbook(home: Home) -> str:
 def _deploy(name: str) -> Any:
     """A deployment nobody serves: runs created for it stay Scheduled, which is what we count."""
     from flows.catalog import flow_for
-    from ktlo.loader import find_runbook, load_runbook
+    from ktlo.runbook.loader import find_runbook, load_runbook
 
     rb = load_runbook(find_runbook(name))
     return flow_for(rb).to_deployment(name=rb.name).apply()
@@ -86,8 +86,8 @@ def _wait(check: Any, timeout: float, what: str) -> Any:
 
 
 def _store_counts() -> dict[str, int]:
+    from ktlo.incidents.store import IncidentRecord, OutboxItem
     from ktlo.store.db import session
-    from ktlo.store.incidents import IncidentRecord, OutboxItem
 
     with session() as s:
         incidents = list(s.exec(select(IncidentRecord)).all())

@@ -26,8 +26,8 @@ def receiver(home: Home) -> Iterator[Receiver]:
 
 
 def _count_incidents() -> int:
+    from ktlo.incidents.store import IncidentRecord
     from ktlo.store.db import session
-    from ktlo.store.incidents import IncidentRecord
 
     with session() as s:
         return int(s.exec(select(func.count()).select_from(IncidentRecord)).one())

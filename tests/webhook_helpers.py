@@ -33,7 +33,7 @@ class Receiver:
     one). Its limits come from the KTLO_WEBHOOK_* settings, as in `ktlo serve`."""
 
     def __init__(self, token: str | None = TOKEN, dispatcher: Any = None):
-        from ktlo.webhook import create_app, make_server
+        from ktlo.incidents.receiver import create_app, make_server
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

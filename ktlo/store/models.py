@@ -97,7 +97,7 @@ class AuditHead(SQLModel, table=True):
 
 def _add_audit_head_mac(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE ktlo_audit_head ADD COLUMN mac VARCHAR(64)"))
-    from ktlo.audit import seal_head
+    from ktlo.store.audit import seal_head
 
     seal_head(conn)  # a keyed store verifies right after the upgrade, not only after an append
 

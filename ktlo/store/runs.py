@@ -11,7 +11,8 @@ from typing import Any
 from sqlalchemy import Table, and_, insert
 from sqlmodel import col, func, select
 
-from ktlo import audit, secrets
+from ktlo import secrets
+from ktlo.store import audit
 from ktlo.store.db import engine, session
 from ktlo.store.models import Run, StepRun, utcnow
 

@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, BinaryIO, cast
 
-from ktlo import audit, secrets
-from ktlo.store import backups
-from ktlo.store.backups import Backup
+from ktlo import secrets
+from ktlo.store import audit
 from ktlo.store.models import utcnow
-from tasks.backup import crypto
+from tasks.backup import crypto, store
 from tasks.backup.destinations import Destination, open_destination, stored_spec
 from tasks.backup.model import (
     LATEST,
@@ -40,6 +39,7 @@ from tasks.backup.model import (
     new_backup_id,
     source_slug,
 )
+from tasks.backup.store import Backup
 from tasks.backup.stream import (
     READ_SIZE,
     BackgroundWriter,
@@ -74,7 +74,7 @@ def writer_is_alive(entry: Backup) -> bool:
     pid_text, _, ticks = rest.partition("|")
     if host == socket.gethostname() and pid_text.isdigit():
         return _start_ticks(int(pid_text)) == ticks
-    beat = backups.aware(entry.heartbeat_at or entry.created_at)
+    beat = store.aware(entry.heartbeat_at or entry.created_at)
     return beat is not None and utcnow() - beat < STALE_AFTER
 
 
@@ -102,7 +102,7 @@ def reap(dest: Destination) -> list[str]:
     notes: list[str] = []
     live: set[str] = set()
     dead_uploads: set[str] = set()
-    for entry in backups.entries(statuses=(backups.WRITING,)):
+    for entry in store.entries(statuses=(store.WRITING,)):
         if entry.destination != spec:
             continue
         if writer_is_alive(entry):
@@ -112,8 +112,8 @@ def reap(dest: Destination) -> list[str]:
             dead_uploads.add(entry.upload_id)
         with contextlib.suppress(BackupError):
             dest.delete(entry.key)  # in case it died between publishing and completing
-        backups.update(
-            entry.id, status=backups.FAILED, error="interrupted: the writing process is gone"
+        store.update(
+            entry.id, status=store.FAILED, error="interrupted: the writing process is gone"
         )
         audit.record(
             "backup.interrupted",
@@ -149,7 +149,7 @@ def perform_backup(
     created = utcnow()
     backup_id = new_backup_id(created)
     key = f"{source_slug(plan.source)}/{backup_id}{plan.extension}" + (".enc" if encryptor else "")
-    entry = backups.add(
+    entry = store.add(
         Backup(
             id=backup_id,
             source=plan.source,
@@ -170,7 +170,7 @@ def perform_backup(
     )
     job.heartbeat = lambda: _beat(backup_id)
     if hasattr(dest, "on_upload_started"):
-        dest.on_upload_started = lambda upload_id: backups.update(backup_id, upload_id=upload_id)
+        dest.on_upload_started = lambda upload_id: store.update(backup_id, upload_id=upload_id)
     writer = None
     published = False
     try:
@@ -204,7 +204,7 @@ def perform_backup(
         message = secrets.redact(str(exc) or type(exc).__name__)
         if not isinstance(exc, BackupError | OSError):
             message = f"{type(exc).__name__}: {message}"
-        backups.update(backup_id, status=backups.FAILED, error=message, heartbeat_at=None)
+        store.update(backup_id, status=store.FAILED, error=message, heartbeat_at=None)
         audit.record(
             "backup.failed",
             plan.source,
@@ -216,9 +216,9 @@ def perform_backup(
         if isinstance(exc, Exception):
             raise BackupError(f"backup of {plan.source} failed: {message}") from None
         raise
-    done = backups.update(
+    done = store.update(
         backup_id,
-        status=backups.COMPLETE,
+        status=store.COMPLETE,
         completed_at=utcnow(),
         size=sink.size,
         sha256=sink.sha256,
@@ -243,7 +243,7 @@ def perform_backup(
 
 
 def _beat(backup_id: str) -> None:
-    backups.update(backup_id, heartbeat_at=utcnow())
+    store.update(backup_id, heartbeat_at=utcnow())
 
 
 def resolve(ref: str, source: str | None = None) -> Backup:
@@ -251,15 +251,15 @@ def resolve(ref: str, source: str | None = None) -> Backup:
     if ref == LATEST:
         if not source:
             raise BackupError("'latest' needs a source")
-        for entry in backups.entries(source=source):
+        for entry in store.entries(source=source):
             if entry.verify_status != "failed":
                 return entry
         raise BackupError(f"no usable backup of source '{source}' in the catalog")
-    found = backups.get(ref)
+    found = store.get(ref)
     if found is not None:
         entry = found
     else:
-        matches = backups.by_prefix(ref)
+        matches = store.by_prefix(ref)
         if len(matches) > 1:
             raise BackupError(f"backup id prefix '{ref}' is ambiguous")
         if not matches:
@@ -267,7 +267,7 @@ def resolve(ref: str, source: str | None = None) -> Backup:
         entry = matches[0]
     if source and entry.source != source:
         raise BackupError(f"backup {entry.id} is of source '{entry.source}', not '{source}'")
-    if entry.status != backups.COMPLETE:
+    if entry.status != store.COMPLETE:
         raise BackupError(f"backup {entry.id} is {entry.status}, not complete")
     return entry
 

@@ -26,7 +26,7 @@ from typing import Any
 import zstandard
 from pydantic import Field
 
-from ktlo.registry import step_task
+from ktlo.steps.registry import step_task
 from tasks.backup.catalog import (
     Outcome,
     Plan,

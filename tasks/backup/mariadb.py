@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, field_validator
 
 from ktlo import secrets
-from ktlo.registry import StepInput, step_task
+from ktlo.steps.registry import StepInput, step_task
 from tasks.backup.catalog import (
     Outcome,
     Plan,

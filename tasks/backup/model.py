@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ktlo.errors import KtloError
-from ktlo.registry import StepInput, StepOutput
+from ktlo.steps.registry import StepInput, StepOutput
 
 MANIFEST_FORMAT = "ktlo-backup/1"
 LATEST = "latest"

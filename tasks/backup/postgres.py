@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from ktlo import secrets
-from ktlo.registry import step_task
+from ktlo.steps.registry import step_task
 from tasks.backup.catalog import (
     Outcome,
     Plan,

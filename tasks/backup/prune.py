@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from ktlo import audit, secrets
+from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.store import backups
+from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.store import audit
 from ktlo.store.models import utcnow
-from tasks.backup import retention
+from tasks.backup import retention, store
 from tasks.backup.catalog import destination_of
 from tasks.backup.steps import logger, run_ids
 
@@ -53,10 +53,10 @@ def snapshots_of(source: str) -> list[retention.Snapshot]:
     return [
         retention.Snapshot(
             id=e.id,
-            created=backups.aware(e.created_at) or utcnow(),
+            created=store.aware(e.created_at) or utcnow(),
             verified=e.verify_status == "ok",
         )
-        for e in backups.entries(source=source)
+        for e in store.entries(source=source)
     ]
 
 
@@ -96,15 +96,15 @@ def prune(inputs: PruneInput, *, run_id: str | None = None) -> PruneOutput:
 
 
 def _remove(backup_id: str, source: str, run_id: str | None) -> str | None:
-    entry = backups.update(backup_id, status=backups.PRUNING)
+    entry = store.update(backup_id, status=store.PRUNING)
     if entry is None:
         return None
     try:
         destination_of(entry).delete(entry.key)
     except Exception as exc:
-        backups.update(backup_id, status=backups.COMPLETE)
+        store.update(backup_id, status=store.COMPLETE)
         return secrets.redact(f"{backup_id}: {exc}")
-    backups.update(backup_id, status=backups.PRUNED, pruned_at=utcnow())
+    store.update(backup_id, status=store.PRUNED, pruned_at=utcnow())
     audit.record(
         "backup.pruned",
         source,

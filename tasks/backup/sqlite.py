@@ -25,7 +25,7 @@ from urllib.parse import quote
 import zstandard
 from pydantic import Field
 
-from ktlo.registry import step_task
+from ktlo.steps.registry import step_task
 from tasks.backup.catalog import (
     Outcome,
     Plan,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ktlo.context import get_step_context
+from ktlo.steps.context import get_step_context
 from tasks.backup.model import human_bytes
 from tasks.backup.stream import Job
 

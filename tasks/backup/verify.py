@@ -4,7 +4,7 @@ Verification re-reads the stored object and checks its size and sha256 against t
 (no key needed). `deep` also restores it into a scratch place and checks the result: a
 temporary directory for directories, `PRAGMA integrity_check` for SQLite, a scratch database
 (dropped afterwards) for PostgreSQL and MariaDB when `scratch_dsn` names a server. The result
-is recorded on the catalog entry; retention and freshness only trust verified backups.
+is recorded on the catalog entry; retention and freshness only trust verified store.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ktlo import audit, secrets
+from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.registry import StepInput, StepOutput, step_task
-from ktlo.store import backups
-from ktlo.store.backups import Backup
+from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.store import audit
 from ktlo.store.models import utcnow
-from tasks.backup import directory, mariadb, postgres, sqlite
+from tasks.backup import directory, mariadb, postgres, sqlite, store
 from tasks.backup.catalog import resolve, stored
 from tasks.backup.model import LATEST, BackupError
 from tasks.backup.steps import in_thread, run_ids
+from tasks.backup.store import Backup
 from tasks.backup.stream import Job
 
 
@@ -83,7 +83,7 @@ def verify_backup(inputs: VerifyInput, job: Job, *, run_id: str | None = None) -
         message = secrets.redact(str(exc) or type(exc).__name__)
         if entry.id not in message:
             message = f"backup {entry.id} ({entry.source}) failed verification: {message}"
-        backups.update(
+        store.update(
             entry.id,
             verify_status="failed",
             verified_at=utcnow(),
@@ -97,7 +97,7 @@ def verify_backup(inputs: VerifyInput, job: Job, *, run_id: str | None = None) -
             details={"backup_id": entry.id, "deep": inputs.deep, "error": message},
         )
         raise BackupError(message) from None
-    backups.update(
+    store.update(
         entry.id,
         verify_status="ok",
         verified_at=utcnow(),
@@ -154,11 +154,11 @@ def check_freshness(inputs: FreshnessInput) -> FreshnessOutput:
     ages: dict[str, float] = {}
     problems: list[str] = []
     for source in sources:
-        entry = backups.latest(source, verified=True)
+        entry = store.latest(source, verified=True)
         if entry is None:
             problems.append(f"{source}: no verified backup")
             continue
-        created = backups.aware(entry.created_at)
+        created = store.aware(entry.created_at)
         assert created is not None
         age = (now - created).total_seconds()
         newest[source], ages[source] = entry.id, round(age, 1)

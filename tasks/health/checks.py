@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ktlo.registry import StepInput
+from ktlo.steps.registry import StepInput
 from tasks.health.windows import WINDOW_TAGS, Window
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/@-]*$"

@@ -17,12 +17,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, text, update
 
-from ktlo import audit, secrets
+from ktlo import secrets
+from ktlo.store import audit
 from ktlo.store.db import engine, session
-from ktlo.store.health import CheckEvent, CheckState, check_key
 from tasks.health.checks import CheckBase
 from tasks.health.results import ConditionOutcome, Remediation
 from tasks.health.state import Health, Memory, Policy, Step, Suppression, advance
+from tasks.health.store import CheckEvent, CheckState, check_key
 from tasks.health.windows import active_window
 
 _ADVISORY_NAMESPACE = 7352003

@@ -25,7 +25,7 @@ def idempotency_key(check_key: str, episode: datetime) -> str:
 
 
 async def start(runbook: str, check_key: str, episode: datetime) -> Remediation:
-    from ktlo.launch import NotDeployed, astart_runbook
+    from ktlo.orchestration.launch import NotDeployed, astart_runbook
 
     try:
         flow_run_id = await astart_runbook(

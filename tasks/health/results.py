@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ktlo.registry import StepOutput
+from ktlo.steps.registry import StepOutput
 from tasks.health.checks import CheckBase
 from tasks.health.conditions import ConditionError, parse, show
 from tasks.health.probes import Observation

@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from ktlo import secrets
-from ktlo.context import flow_client, get_step_context
 from ktlo.errors import StepFailed
-from ktlo.registry import step_task
+from ktlo.steps.context import flow_client, get_step_context
+from ktlo.steps.registry import step_task
 from ktlo.store.models import utcnow
 from tasks.health import alerts, ledger, remediation
 from tasks.health.checks import SweepInput

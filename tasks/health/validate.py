@@ -12,7 +12,7 @@ import difflib
 import graphlib
 from typing import Any
 
-from ktlo.templating import is_template
+from ktlo.runbook.templating import is_template
 from tasks.health.checks import CHECK_TYPES
 from tasks.health.conditions import ConditionError, parse
 
@@ -83,7 +83,7 @@ def _channels(loc: tuple[str | int, ...], targets: Any) -> Problems:
 
 def _remediate(i: int, check: dict[str, Any], runbook: Any) -> Problems:
     from ktlo.errors import KtloError
-    from ktlo.loader import find_runbook
+    from ktlo.runbook.loader import find_runbook
 
     name = check.get("remediate")
     if not isinstance(name, str) or is_template(name):

@@ -1,0 +1,172 @@
+"""Runs whose process died: detected, recorded in ktlo's history, and retried when asked.
+
+Self-hosted Prefect servers do not mark the runs of dead processes as crashed by themselves
+(that automation is Cloud-only), so `ktlo serve` creates it: a flow run that stops sending
+heartbeats is set to Crashed. The reconciler then brings ktlo's own records in line with
+Prefect's states and, for runbooks with `retry_crashed: N`, starts a new run in its place.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from sqlmodel import col, select
+
+from ktlo.store import audit
+from ktlo.store.db import session
+from ktlo.store.models import Run, utcnow
+
+log = logging.getLogger("ktlo.orchestration.crashes")
+
+ZOMBIE_AUTOMATION = "ktlo: mark flow runs without heartbeats as crashed"
+HEARTBEAT_S = 30
+ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+FINAL_STATUS = {
+    "CRASHED": "crashed",
+    "CANCELLED": "cancelled",
+    "FAILED": "failed",
+    "COMPLETED": "succeeded",
+}
+
+
+async def ensure_zombie_automation() -> None:
+    """Create (once) the automation that marks heartbeat-less flow runs Crashed."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    try:
+        await Automation.aread(name=ZOMBIE_AUTOMATION)
+        return
+    except ValueError:
+        pass
+    await Automation(
+        name=ZOMBIE_AUTOMATION,
+        description="Created by ktlo serve: a flow run whose process died stops sending heartbeats.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_S),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {ZOMBIE_AFTER_S} s: the process running it died",
+            )
+        ],
+    ).acreate()
+
+
+def _stale_runs(min_age_s: float) -> list[Run]:
+    cutoff = utcnow() - timedelta(seconds=min_age_s)
+    with session() as s:
+        return list(
+            s.exec(
+                select(Run).where(Run.status == "running").where(col(Run.started_at) < cutoff)
+            ).all()
+        )
+
+
+def has_stale_runs(min_age_s: float = 10) -> bool:
+    return bool(_stale_runs(min_age_s))
+
+
+async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
+    """Close ktlo records of runs that Prefect says are over; retry crashed ones if asked."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    changed: list[tuple[str, str]] = []
+    stale = _stale_runs(min_age_s)
+    if not stale:
+        return changed
+    async with get_client() as client:
+        for run in stale:
+            try:
+                flow_run = await client.read_flow_run(UUID(run.id))
+            except (ObjectNotFound, ValueError):
+                continue
+            state = flow_run.state
+            if state is None or not state.is_final():
+                continue
+            status = FINAL_STATUS.get(state.type.value, "crashed")
+            message = f"flow run ended as {state.name}" + (
+                f": {state.message}" if state.message else ""
+            )
+            await close_run(run, flow_run, status, None if status == "succeeded" else message)
+            changed.append((run.id, status))
+    return changed
+
+
+async def close_run(run: Run, flow_run: Any, status: str, error: str | None) -> None:
+    """Record how a run ended outside its own process; retry it if it crashed and may be."""
+    from ktlo.store import runs
+
+    runs.finish_run(run.id, status, error=error)
+    if status == "crashed":
+        await _maybe_retry(run, flow_run)
+
+
+async def _maybe_retry(run: Run, flow_run: Any) -> None:
+    from ktlo.errors import KtloError
+    from ktlo.orchestration.launch import astart_runbook
+    from ktlo.runbook.loader import find_runbook, load_runbook
+
+    try:
+        rb = load_runbook(find_runbook(run.runbook))
+    except KtloError:
+        return
+    attempt = _crash_attempt(run)
+    if attempt >= rb.retry_crashed or flow_run.deployment_id is None:
+        return
+    try:
+        new_id = await astart_runbook(
+            rb.name,
+            params=dict(flow_run.parameters or {}),
+            idempotency_key=f"retry-crashed:{run.id}",
+            tags=[f"ktlo-retry-of:{run.id}"],
+        )
+    except KtloError as exc:
+        log.warning("could not retry crashed run %s: %s", run.id, exc)
+        return
+    with session() as s:
+        audit.record(
+            "run.retried",
+            run.runbook,
+            run_id=run.id,
+            details={"new_flow_run_id": new_id, "attempt": attempt + 1, "of": rb.retry_crashed},
+            s=s,
+        )
+
+
+def _crash_attempt(run: Run) -> int:
+    """How many crash retries precede this run (its chain of `run.retried` audit events)."""
+    count = 0
+    current = run.id
+    with session() as s:
+        while True:
+            from ktlo.store.models import AuditEvent
+
+            event = s.exec(
+                select(AuditEvent)
+                .where(AuditEvent.action == "run.retried")
+                .where(col(AuditEvent.details)["new_flow_run_id"].as_string() == current)
+            ).first()
+            if event is None or event.run_id is None:
+                return count
+            count += 1
+            current = event.run_id
