@@ -1,12 +1,5 @@
-"""Reusable Prefect tasks, one module per domain; each registers the step types it provides.
+"""Reusable Prefect tasks: the basic step types (one module each) and one package per domain.
 
-Importing the package imports every module in it (the `ktlo.steps` entry point names this
-package), so a new domain module only has to exist.
+Importing this package imports nothing else, so a domain's store can be used without loading
+Prefect. `tasks.plugin` registers every step type, `tasks.tables` every domain's tables.
 """
-
-import importlib
-import pkgutil
-
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")

@@ -168,16 +168,18 @@ def _safe_url(url: str) -> str:
         return "(unparseable URL)"
 
 
+TABLES_ENTRY_POINT_GROUP = "ktlo.tables"
+
+
 def _import_table_modules() -> None:
-    """Import every module of `ktlo.store` so each domain's tables are registered."""
+    """Import the table modules that the core and each domain register (pyproject's
+    `ktlo.tables` entry points), so `create_all` sees every table without the store
+    knowing the domains."""
     import importlib
-    import pkgutil
+    from importlib.metadata import entry_points
 
-    import ktlo.store
-
-    for info in pkgutil.iter_modules(ktlo.store.__path__):
-        if info.name != "db":
-            importlib.import_module(f"ktlo.store.{info.name}")
+    for ep in entry_points(group=TABLES_ENTRY_POINT_GROUP):
+        importlib.import_module(ep.value.split(":")[0])
 
 
 def _migrate(eng: Engine) -> None:

@@ -36,6 +36,7 @@ from tasks.backup.catalog import (
     restoring,
     stored,
 )
+from tasks.backup.jobs import in_thread, logger, run_ids
 from tasks.backup.model import (
     BackupError,
     BackupInput,
@@ -47,7 +48,6 @@ from tasks.backup.model import (
     summarize_restore,
     tool_version,
 )
-from tasks.backup.steps import in_thread, logger, run_ids
 from tasks.backup.stream import CountingReader, Job, Sink, Tool, compress
 
 DUMP_OPTIONS = (

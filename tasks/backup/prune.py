@@ -17,7 +17,7 @@ from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import retention, store
 from tasks.backup.catalog import destination_of
-from tasks.backup.steps import logger, run_ids
+from tasks.backup.jobs import logger, run_ids
 
 
 class PruneInput(StepInput, retention.Policy):

@@ -36,6 +36,7 @@ from tasks.backup.catalog import (
     restoring,
     stored,
 )
+from tasks.backup.jobs import in_thread, logger, run_ids
 from tasks.backup.model import (
     BackupError,
     BackupInput,
@@ -46,7 +47,6 @@ from tasks.backup.model import (
     summarize_backup,
     summarize_restore,
 )
-from tasks.backup.steps import in_thread, logger, run_ids
 from tasks.backup.stream import CountingReader, Job, Sink, compress
 
 

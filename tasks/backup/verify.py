@@ -22,8 +22,8 @@ from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import directory, mariadb, postgres, sqlite, store
 from tasks.backup.catalog import resolve, stored
+from tasks.backup.jobs import in_thread, run_ids
 from tasks.backup.model import LATEST, BackupError
-from tasks.backup.steps import in_thread, run_ids
 from tasks.backup.store import Backup
 from tasks.backup.stream import Job
 

@@ -8,5 +8,3 @@ ledger      state kept in the ktlo store, advanced under a database lock
 alerts      notification text and delivery; remediation: runbooks started on FAILING
 windows     maintenance windows; validate: runbook-time checks; sweep: the step task
 """
-
-from tasks.health import sweep as sweep
