@@ -24,6 +24,7 @@ test: $(STAMP)
 	bash .ci/services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
