@@ -13,9 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from ktlo.errors import Problem
 from ktlo.incidents.sources import INCIDENT_FIELDS
-from ktlo.runbook.loader import pydantic_problems
 from ktlo.runbook.model import Runbook
 from ktlo.runbook.params import params_model
+from ktlo.runbook.problems import pydantic_problems
 from ktlo.runbook.rendering import problems as rendering_problems
 from ktlo.runbook.templating import (
     ENV,
