@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ktlo.fields import TimeZone
 from ktlo.runbook.yamlsrc import Source
 
 SLUG = r"^[a-z0-9][a-z0-9_-]*$"
@@ -49,7 +50,7 @@ class Schedule(Model):
 
     cron: str | None = None
     interval_s: float | None = Field(default=None, gt=0)
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     active: bool = True
 
     @model_validator(mode="after")
@@ -70,17 +71,6 @@ class Schedule(Model):
                 CronSim(value, datetime(2000, 1, 1))
             except CronSimError as exc:
                 raise ValueError(f"invalid cron expression {value!r}: {exc}") from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}") from None
         return value
 
 
