@@ -43,8 +43,8 @@ def test_a_hanging_target_does_not_hold_up_the_runbook(home: Home, run: Any) -> 
 def test_the_sweep_task_in_a_hand_written_flow(home: Home, prefect_api: str) -> None:
     from prefect import flow
 
-    from tasks.health.checks import SweepInput
     from tasks.health.sweep import health_sweep
+    from tasks.health.sweep_input import SweepInput
 
     with service() as svc:
 

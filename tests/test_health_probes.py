@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tasks.health.checks import SweepInput
-from tasks.health.probes import Prober
+from tasks.health.prober import Prober
 from tasks.health.results import ConditionOutcome, judge
+from tasks.health.sweep_input import SweepInput
 from tests.conftest import require_service
 from tests.health_helpers import (
     dns_server,

@@ -1,9 +1,9 @@
 """Gatus-style conditions: `status == 200`, `body.status == "UP"`, `cert_days > 14`, ...
 
 A condition is `PLACEHOLDER OP VALUE`. The placeholder names a fact the probe observed
-(which facts exist depends on the check type, so a typo is caught when the runbook is
-validated, not at 3 a.m.); `body.a.b[0]` walks into a JSON body, `headers.<name>` reads a
-response header and `len(x)` measures a string or list. The value is a JSON literal (`200`,
+(which facts exist is declared by the check type's `PLACEHOLDERS`, so a typo is caught when
+the runbook is validated, not at 3 a.m.); `body.a.b[0]` walks into a JSON body,
+`headers.<name>` reads a response header and `len(x)` measures a string or list. The value is a JSON literal (`200`,
 `"UP"`, `true`, `null`, `["a", "b"]`), so strings are always quoted and nothing is guessed.
 """
 
@@ -14,36 +14,9 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["number", "bool", "string", "list", "any"]
-
-# Per check type: placeholder → kind. "text" placeholders are strings that may also be read
-# as JSON with a path (`body.status`); "map" placeholders need a key (`headers.server`).
-COMMON: dict[str, str] = {"connected": "bool", "response_time_ms": "number"}
-PLACEHOLDERS: dict[str, dict[str, str]] = {
-    "http": {**COMMON, "status": "number", "body": "text", "headers": "map"},
-    "tcp": dict(COMMON),
-    "dns": {**COMMON, "rcode": "string", "answers": "list", "answer_count": "number"},
-    "tls": {**COMMON, "cert_days": "number", "verified": "bool", "subject": "string"},
-    "postgres": {**COMMON, "row_count": "number", "value": "any"},
-    "mysql": {**COMMON, "row_count": "number", "value": "any"},
-    "redis": {**COMMON, "value": "any"},
-    "disk": {
-        "used_percent": "number",
-        "free_bytes": "number",
-        "free_gb": "number",
-        "total_bytes": "number",
-        "inodes_used_percent": "number",
-        "response_time_ms": "number",
-    },
-    "command": {
-        "exit_code": "number",
-        "output": "text",
-        "stderr": "string",
-        "response_time_ms": "number",
-    },
-}
+from tasks.health.checks import CHECK_TYPES
 
 SYMBOL_OPS = ("==", "!=", "<=", ">=", "<", ">")
 WORD_OPS = ("not contains", "contains", "matches", "in")
@@ -197,9 +170,10 @@ def parse(text: str, check_type: str) -> Condition:
 
 
 def _placeholder(lhs: str, check_type: str) -> tuple[str, tuple[str | int, ...], str]:
-    known = PLACEHOLDERS.get(check_type)
-    if known is None:
+    check = CHECK_TYPES.get(check_type)
+    if check is None:
         raise ConditionError(f"unknown check type {check_type!r}")
+    known = check.PLACEHOLDERS
     name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", lhs)
     head = name.group(0) if name else lhs
     rest = lhs[len(head) :]
@@ -267,7 +241,7 @@ def article(word: str) -> str:
 def describe(check_type: str) -> list[str]:
     """The placeholders a check type offers, as an operator would write them."""
     out = []
-    for name, kind in PLACEHOLDERS[check_type].items():
+    for name, kind in CHECK_TYPES[check_type].PLACEHOLDERS.items():
         if kind == "text":
             out += [name, f"{name}.<json path>"]
         elif kind == "map":

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from ktlo.steps.registry import StepOutput
 from tasks.health.checks import CheckBase
 from tasks.health.conditions import ConditionError, parse, show
-from tasks.health.probes import Observation
+from tasks.health.prober import Observation
 from tasks.health.state import Health, Notice, State
 
 

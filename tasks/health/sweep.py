@@ -1,7 +1,7 @@
 """The `health.sweep` step: every check probed concurrently inside ONE Prefect task.
 
 A Prefect task per check costs milliseconds of orchestration each (SPEC §11); a sweep is
-one task that probes with asyncio (one shared, pooled httpx client; a bound on probes in
+one task that probes with asyncio (shared HTTP clients per origin; a bound on probes in
 flight), then advances each check's alert state in one transaction, starts remediation,
 sends notifications and publishes a table artifact of the sweep.
 """
@@ -21,10 +21,10 @@ from ktlo.steps.context import flow_client, get_step_context
 from ktlo.steps.registry import step_task
 from ktlo.store.models import utcnow
 from tasks.health import alerts, ledger, remediation
-from tasks.health.checks import SweepInput
 from tasks.health.ledger import Decision, Judged, Scope
-from tasks.health.probes import Prober
+from tasks.health.prober import Prober
 from tasks.health.results import CheckResult, SweepOutput, judge
+from tasks.health.sweep_input import SweepInput
 from tasks.health.validate import validate_sweep
 
 ORDER = {"FAILING": 0, "DEGRADED": 1, "OK": 2}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from cronsim import CronSim, CronSimError
 from pydantic import (
@@ -22,21 +22,14 @@ from pydantic import (
     model_validator,
 )
 
+from ktlo.fields import TimeZone
+
 
 class _Window(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    timezone: str = Field(default="UTC", description="for cron, and for start/end without one")
+    timezone: TimeZone = Field(default="UTC", description="for cron, and for start/end without one")
     description: str | None = None
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}") from None
-        return value
 
     def label(self) -> str:
         return self.description or self.describe()
