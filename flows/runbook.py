@@ -27,6 +27,7 @@ from ktlo.errors import KtloError, RunbookInvalid, StepFailed
 from ktlo.runbook.loader import find_runbook, load_runbook
 from ktlo.runbook.model import Runbook
 from ktlo.runbook.params import validate_params
+from ktlo.status import RunStatus
 from ktlo.steps.context import flow_client, get_step_context
 from ktlo.steps.registry import StepInput, StepOutput, step_task
 from ktlo.store import runs
@@ -101,7 +102,7 @@ def _mark_ended(status: str) -> Any:
         from ktlo.orchestration.crashes import close_run
 
         record = runs.get_run(str(flow_run.id))
-        if record is not None and record.status == "running":
+        if record is not None and record.status == RunStatus.RUNNING:
             error = f"{state.name}: {state.message}" if state.message else str(state.name)
             await close_run(record, flow_run, status, error)
 
@@ -123,8 +124,8 @@ async def ktlo_await_summary(flow: Any, flow_run: Any, state: Any) -> None:
 END_HOOKS: dict[str, Any] = {
     "on_completion": [ktlo_await_summary],
     "on_failure": [ktlo_await_summary],
-    "on_crashed": [_mark_ended("crashed")],
-    "on_cancellation": [_mark_ended("cancelled")],
+    "on_crashed": [_mark_ended(RunStatus.CRASHED)],
+    "on_cancellation": [_mark_ended(RunStatus.CANCELLED)],
 }
 
 
@@ -189,15 +190,15 @@ async def _execute(
         outcome = await Executor(rb, values, info, incident=incident).run()
     except BaseException as exc:
         runs.finish_run(
-            flow_run_id, "crashed", error=secrets.redact(f"{type(exc).__name__}: {exc}")
+            flow_run_id, RunStatus.CRASHED, error=secrets.redact(f"{type(exc).__name__}: {exc}")
         )
         raise
     runs.finish_run(flow_run_id, outcome.status, error=outcome.error)
     _publish_beside_final_state(rb, info, outcome)
     _notify(rb, info, outcome)
-    if outcome.status == "failed":
+    if outcome.status == RunStatus.FAILED:
         raise RunbookFailed(outcome.error or "runbook failed")
-    if outcome.status == "succeeded_with_errors":
+    if outcome.status == RunStatus.SUCCEEDED_WITH_ERRORS:
         names = ", ".join(s.step_id for s in outcome.failed_steps)
         logger.warning(
             "Runbook %s finished with failed steps marked on_failure: continue: %s", rb.name, names
@@ -228,7 +229,7 @@ def _record_rejected(
     runs.start_run(
         run_id, _short_name(ref), params=params, trigger=trigger, parent_run_id=parent, url=url
     )
-    runs.finish_run(run_id, "failed", error=error)
+    runs.finish_run(run_id, RunStatus.FAILED, error=error)
 
 
 def _publish_beside_final_state(rb: Runbook, info: RunInfo, outcome: Outcome) -> None:
@@ -253,8 +254,10 @@ async def _publish(rb: Runbook, info: RunInfo, outcome: Outcome) -> None:
 
 
 def _notify(rb: Runbook, info: RunInfo, outcome: Outcome) -> None:
-    targets = rb.notify.on_failure if outcome.status != "succeeded" else rb.notify.on_success
-    if outcome.status == "succeeded_with_errors":
+    targets = (
+        rb.notify.on_failure if outcome.status != RunStatus.SUCCEEDED else rb.notify.on_success
+    )
+    if outcome.status == RunStatus.SUCCEEDED_WITH_ERRORS:
         targets = list(dict.fromkeys([*rb.notify.on_failure, *rb.notify.on_success]))
     if not targets:
         return

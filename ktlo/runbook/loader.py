@@ -29,8 +29,32 @@ def parse_runbook(source: Source) -> Runbook:
     return runbook
 
 
+_Stamp = tuple[int, int, int]
+_handed_over: dict[Path, tuple[_Stamp, Runbook]] = {}
+
+
+def _stamp(path: Path) -> _Stamp:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def hand_over(runbook: Runbook) -> None:
+    """Let the next `load_runbook` of this file in this process take `runbook` as it is.
+
+    `ktlo run` validates a runbook before it starts the flow, and the flow loads it by path;
+    in one process the second parse and validation would only repeat the first. The file's
+    stamp (mtime, size, inode) must still match, so an edit in between is read again.
+    """
+    if runbook.path is not None:
+        path = runbook.path.resolve()
+        _handed_over[path] = (_stamp(path), runbook)
+
+
 def load_runbook(path: Path, *, check: bool = True) -> Runbook:
     """Load and fully validate one runbook file; raises `RunbookInvalid` listing every problem."""
+    handed = _handed_over.pop(path.resolve(), None)
+    if handed is not None and check and handed[0] == _stamp(path.resolve()):
+        return handed[1]
     runbook = parse_runbook(load_yaml(path))
     if check:
         problems = check_runbook(runbook)

@@ -6,18 +6,20 @@ import asyncio
 import queue
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, insert
 from sqlmodel import col, func, select
 
 from ktlo import secrets
+from ktlo.status import RunStatus
 from ktlo.store import audit
 from ktlo.store.db import engine, session
 from ktlo.store.models import Run, StepRun, utcnow
 
 COALESCE_S = 0.05  # a step record is in the store at most this long after the step ends
-FINAL_STATUSES = ("succeeded", "succeeded_with_errors", "failed", "crashed", "cancelled")
+FINAL_STATUSES = tuple(s for s in RunStatus if s.final)
 
 
 def start_run(
@@ -33,7 +35,7 @@ def start_run(
         run = s.get(Run, run_id)
         if run is None:
             run = Run(id=run_id, runbook=runbook)
-        run.status = "running"
+        run.status = RunStatus.RUNNING
         run.trigger = trigger
         run.parent_run_id = parent_run_id
         run.params = secrets.redact(params)
@@ -184,3 +186,26 @@ def last_runs() -> dict[str, Run]:
             and_(col(Run.runbook) == newest.c.runbook, col(Run.started_at) == newest.c.started),
         )
         return {run.runbook: run for run in s.exec(query).all()}
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
+
+
+def step_json(step: StepRun) -> dict[str, Any]:
+    """A step record as `ktlo run --json` and `ktlo history --json` print it (stable keys)."""
+    return {
+        "id": step.step_id,
+        "uses": step.uses,
+        "status": step.status,
+        "continued": step.continued,
+        "attempts": step.attempts,
+        "started_at": _iso(step.started_at),
+        "finished_at": _iso(step.finished_at),
+        "duration_ms": step.duration_ms,
+        "summary": step.summary,
+        "error": step.error,
+        "output": step.output,
+    }

@@ -18,6 +18,8 @@ from ktlo.app.cli.common import (
     short_id,
     styled,
 )
+from ktlo.status import StepStatus
+from ktlo.store import runs
 
 
 def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:
@@ -32,30 +34,16 @@ def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:
         "finished_at": iso(run.finished_at),
         "error": run.error,
         "url": run.url,
-        "steps": [
-            {
-                "id": s.step_id,
-                "uses": s.uses,
-                "status": s.status,
-                "continued": s.continued,
-                "attempts": s.attempts,
-                "started_at": iso(s.started_at),
-                "finished_at": iso(s.finished_at),
-                "duration_ms": s.duration_ms,
-                "summary": s.summary,
-                "error": s.error,
-            }
-            for s in steps
-        ],
+        "steps": [runs.step_json(s) for s in steps],
     }
 
 
 def _tally(steps: list[Any]) -> str:
-    marks = {
-        "succeeded": "[green]✓[/]",
-        "failed": "[red]✗[/]",
-        "skipped": "[dim]⏭[/]",
-        "not_run": "[dim]·[/]",
+    marks: dict[str, str] = {
+        StepStatus.SUCCEEDED: "[green]✓[/]",
+        StepStatus.FAILED: "[red]✗[/]",
+        StepStatus.SKIPPED: "[dim]⏭[/]",
+        StepStatus.NOT_RUN: "[dim]·[/]",
     }
     counts: dict[str, int] = {}
     for s in steps:
@@ -118,7 +106,7 @@ def history(
         for col in ("step", "uses", "status", "attempts", "duration", "result"):
             table.add_column(col, overflow="fold")
         for s in steps:
-            detail = s.error if s.status in ("failed", "not_run") else s.summary
+            detail = s.error if s.status in (StepStatus.FAILED, StepStatus.NOT_RUN) else s.summary
             table.add_row(
                 s.step_id,
                 s.uses,

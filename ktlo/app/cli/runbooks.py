@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ktlo.app.cli.common import ago, console, fail, iso, print_json, styled
 from ktlo.errors import KtloError, Problem, RunbookInvalid
+from ktlo.status import RunStatus, StepStatus
 
 
 def _rel(path: str) -> str:
@@ -221,7 +222,7 @@ def run(
         print_json(result)
     else:
         show_result(result)
-    if result["status"] not in ("succeeded", "succeeded_with_errors"):
+    if not RunStatus(result["status"]).ok:
         raise typer.Exit(1)
 
 
@@ -237,9 +238,11 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
     ensure_api(quiet=quiet)
     from flows.catalog import flow_for
     from flows.runbook import runbook_flow
-    from ktlo.store.runs import get_run, steps_of
+    from ktlo.runbook.loader import hand_over
+    from ktlo.store.runs import get_run, step_json, steps_of
 
     started = time.perf_counter()
+    hand_over(rb)
     call: Any
     if rb.path is not None and rb.path.resolve().parent == get_settings().runbooks_dir:
         call = flow_for(rb)(**values, return_state=True)
@@ -258,20 +261,7 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
         "error": run_record.error,
         "url": run_record.url,
         "seconds": round(time.perf_counter() - started, 2),
-        "steps": [
-            {
-                "id": s.step_id,
-                "uses": s.uses,
-                "status": s.status,
-                "continued": s.continued,
-                "attempts": s.attempts,
-                "duration_ms": s.duration_ms,
-                "summary": s.summary,
-                "error": s.error,
-                "output": s.output,
-            }
-            for s in steps
-        ],
+        "steps": [step_json(s) for s in steps],
     }
 
 
@@ -288,7 +278,9 @@ def show_result(result: dict[str, Any]) -> None:
         table.add_column(col, overflow="fold")
     for s in result["steps"]:
         status = styled(s["status"]) + (" (continued)" if s["continued"] else "")
-        detail = s["error"] if s["status"] in ("failed", "not_run") else s["summary"]
+        detail = (
+            s["error"] if s["status"] in (StepStatus.FAILED, StepStatus.NOT_RUN) else s["summary"]
+        )
         ms = s["duration_ms"]
         table.add_row(
             s["id"],
