@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 
 from bench.common import Result, child_env, ratio_line, rounds
+from ktlo.orchestration import local_server
 
 PG = "postgres@127.0.0.1:5432"
 RUNBOOK = "bench-workers"
@@ -209,17 +210,7 @@ def pg_stack() -> Iterator[Stack]:
         port = _free_port()
         server_log = base / "server.log"
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            local_server.server_command(port),
             env=child_env(
                 PREFECT_HOME=str(base / "prefect"),
                 PREFECT_API_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://{PG}/{prefect_db}",

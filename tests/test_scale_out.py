@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -22,6 +21,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from ktlo.orchestration import local_server
 from tests.conftest import require_service
 from tests.helpers import KTLO, REPO, cli
 
@@ -91,17 +91,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     server_env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        local_server.server_command(port),
         env=server_env,
         stdout=(base / "server.log").open("wb"),
         stderr=subprocess.STDOUT,

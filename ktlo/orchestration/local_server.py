@@ -123,6 +123,21 @@ def _start_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def server_command(port: int) -> list[str]:
+    """The command line of a Prefect server on 127.0.0.1:`port` (also for benches and tests)."""
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def server_env(home: Path, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
@@ -166,17 +181,7 @@ def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo
             )
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(chosen),
-                ],
+                server_command(chosen),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
