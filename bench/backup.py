@@ -117,7 +117,7 @@ def _reset(*paths: Path) -> None:
 
 
 def bench_directory(work: Path, runbooks: Path, n: int) -> dict[str, Any]:
-    from tasks.backup.directory import DirectoryBackupInput, backup_directory
+    from tasks.backup.kinds.directory import DirectoryBackupInput, backup_directory
     from tasks.backup.stream import Job
 
     data, dest = work / "data", work / "dest"

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tasks.backup import store
-from tasks.backup.directory import DirectoryBackupInput, backup_directory
+from tasks.backup.kinds.directory import DirectoryBackupInput, backup_directory
+from tasks.backup.kinds.postgres import PostgresBackupInput, backup_postgres
 from tasks.backup.model import DestinationSpec
-from tasks.backup.postgres import PostgresBackupInput, backup_postgres
 from tasks.backup.stream import Job
 from tests.backup_helpers import (
     MARIADB,

@@ -11,19 +11,19 @@ import pytest
 
 from ktlo.store import audit
 from tasks.backup import store
-from tasks.backup.mariadb import (
+from tasks.backup.kinds.mariadb import (
     MariadbBackupInput,
     MariadbRestoreInput,
     backup_mariadb,
     restore_mariadb,
 )
-from tasks.backup.model import BackupError, DestinationSpec
-from tasks.backup.postgres import (
+from tasks.backup.kinds.postgres import (
     PostgresBackupInput,
     PostgresRestoreInput,
     backup_postgres,
     restore_postgres,
 )
+from tasks.backup.model import BackupError, DestinationSpec
 from tasks.backup.stream import Job
 from tasks.backup.verify import VerifyInput, verify_backup
 from tests.backup_helpers import (

@@ -16,7 +16,7 @@ import pytest
 
 from ktlo.store import audit
 from tasks.backup import store
-from tasks.backup.directory import (
+from tasks.backup.kinds.directory import (
     DirectoryBackupInput,
     DirectoryRestoreInput,
     backup_directory,
@@ -226,7 +226,7 @@ def test_read_only_destination(home: Home, tree: Path, tmp_path: Path) -> None:
 
 CHILD = """
 import sys
-from tasks.backup.directory import DirectoryBackupInput, backup_directory
+from tasks.backup.kinds.directory import DirectoryBackupInput, backup_directory
 from tasks.backup.stream import Job
 backup_directory(DirectoryBackupInput(path=sys.argv[1], source="killed"), Job())
 """

@@ -14,7 +14,7 @@ import pytest
 from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import store
-from tasks.backup.directory import (
+from tasks.backup.kinds.directory import (
     DirectoryBackupInput,
     DirectoryRestoreInput,
     backup_directory,

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from tasks.backup import store
-from tasks.backup.model import BackupError
-from tasks.backup.sqlite import (
+from tasks.backup.kinds.sqlite import (
     SqliteBackupInput,
     SqliteRestoreInput,
     backup_sqlite,
     restore_sqlite,
 )
+from tasks.backup.model import BackupError
 from tasks.backup.stream import Job
 from tasks.backup.verify import VerifyInput, verify_backup
 from tests.conftest import Home

@@ -1,6 +1,6 @@
 """Backup and recovery: directories, SQLite, PostgreSQL and MariaDB, with a catalog.
 
-Its step types (registered by `tasks.backup.steps`): `backup.directory|sqlite|postgres|mariadb`,
-`backup.verify`, `backup.prune`, `backup.freshness` and `restore.directory|sqlite|postgres|
-mariadb`. See docs/backup.md.
+Each kind is one module in `kinds/` on the `BackupKind` base; `steps` registers the step
+types `backup.<kind>` and `restore.<kind>` for every kind, and `backup.verify`,
+`backup.prune`, `backup.freshness`. `commands` is what the CLI runs. See docs/backup.md.
 """

@@ -1,4 +1,5 @@
-"""Glue between the synchronous backup code and async step tasks: threads, progress logs."""
+"""Where backup code runs: a worker thread for a step (progress in the run's log), or the
+CLI's own thread (progress on a bar); either way a cancelled job stops its tools."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 from ktlo.steps.context import get_step_context
 from tasks.backup.model import human_bytes
-from tasks.backup.stream import Job
+from tasks.backup.stream import Job, Progress
 
 T = TypeVar("T")
 LOG_EVERY_S = 10.0
@@ -61,17 +62,29 @@ def logger() -> Any:
 async def in_thread(work: Callable[[Job], T]) -> T:
     """Run `work` in a worker thread; on cancellation or timeout stop it and wait for it.
 
-    Waiting matters: the thread marks its catalog entry failed and removes its partial object
-    on the way out, and the step should not report back before that is done.
+    The job carries the step's run and step ids and logs its warnings and progress to the
+    run. Waiting matters: the thread marks its catalog entry failed and removes its partial
+    object on the way out, and the step should not report back before that is done.
     """
-    job = Job(progress=LogProgress(logger()))
+    log = logger()
+    run_id, step_id = run_ids()
+    job = Job(progress=LogProgress(log), run_id=run_id, step_id=step_id, warn=log.warning)
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
     future = loop.run_in_executor(None, ctx.run, work, job)
     try:
         return await asyncio.shield(future)
     except BaseException:
-        job.cancel.set()
-        job.kill_all()
+        job.stop()
         await asyncio.wait([future], timeout=60)
+        raise
+
+
+def in_this_thread(work: Callable[[Job], T], progress: Progress) -> T:
+    """Run `work` here (the CLI), reporting to `progress`; Ctrl-C stops the tools it started."""
+    job = Job(progress=progress)
+    try:
+        return work(job)
+    except BaseException:
+        job.stop()
         raise

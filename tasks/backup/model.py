@@ -24,6 +24,13 @@ class BackupError(KtloError):
     """A backup, verification or restore failed; the message names the backup or the source."""
 
 
+def occupied(target: str) -> BackupError:
+    """The error of a restore into a non-empty target without `overwrite`."""
+    return BackupError(
+        f"target {target} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
+    )
+
+
 def new_backup_id(created: datetime) -> str:
     """Sortable and readable: `20250102T030405Z-1a2b3c4d`."""
     return f"{created:%Y%m%dT%H%M%SZ}-{_random.token_hex(4)}"
@@ -118,16 +125,21 @@ def summarize_backup(out: BackupOutput) -> str:
     return f"{out.backup_id}: {human_bytes(out.input_bytes)} → {human_bytes(out.size)} at {out.location}"
 
 
-class RestoreInput(StepInput):
+class BackupRef(StepInput):
+    """Which backup a restore or a verification is about."""
+
     backup_id: str = Field(description="a backup id (or a unique prefix), or 'latest'")
     source: str | None = Field(default=None, description="with backup_id 'latest': which source")
-    overwrite: bool = Field(default=False, description="replace a non-empty target")
 
     @model_validator(mode="after")
-    def _latest_needs_source(self) -> RestoreInput:
+    def _latest_needs_source(self) -> BackupRef:
         if self.backup_id == LATEST and not self.source:
             raise ValueError("backup_id 'latest' needs 'source'")
         return self
+
+
+class RestoreInput(BackupRef):
+    overwrite: bool = Field(default=False, description="replace a non-empty target")
 
 
 class RestoreOutput(StepOutput):

@@ -1,4 +1,4 @@
-"""`backup.prune`: apply a retention policy to the catalog and delete what it lets go.
+"""What `backup.prune` does: apply a retention policy to the catalog and delete what it lets go.
 
 The decision is `retention.plan` (restic's `forget` semantics plus: the newest verified backup
 of a source always stays). Deleting an entry marks it `pruning` first (so nothing takes it for
@@ -12,12 +12,11 @@ from pydantic import Field, field_validator
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.steps.registry import StepInput, StepOutput
 from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import retention, store
 from tasks.backup.catalog import destination_of
-from tasks.backup.jobs import logger, run_ids
 
 
 class PruneInput(StepInput, retention.Policy):
@@ -114,24 +113,6 @@ def _remove(backup_id: str, source: str, run_id: str | None) -> str | None:
     return None
 
 
-def summarize(out: PruneOutput) -> str:
+def summarize_prune(out: PruneOutput) -> str:
     verb = "would remove" if out.dry_run else "removed"
     return f"kept {len(out.kept)}, {verb} {len(out.removed)}"
-
-
-@step_task("backup.prune", PruneInput, PruneOutput, summarize=summarize)
-async def prune_step(inputs: PruneInput) -> PruneOutput:
-    """Forget old backups with restic's keep-* rules; the newest verified one always stays."""
-    import asyncio
-
-    run_id, _ = run_ids()
-    log = logger()
-    out = await asyncio.to_thread(prune, inputs, run_id=run_id)
-    log.info(
-        "%s: kept %s; %s %s",
-        inputs.source,
-        out.kept,
-        "would remove" if out.dry_run else "removed",
-        out.removed,
-    )
-    return out

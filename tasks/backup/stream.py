@@ -49,12 +49,21 @@ class NoProgress:
         pass
 
 
+def _ignore(_message: str) -> None:
+    pass
+
+
 @dataclass
 class Job:
-    """What a running backup/restore carries around: progress, cancellation, a heartbeat."""
+    """What a running backup/restore carries around: progress, cancellation, a heartbeat,
+    and for a step, the run and step it belongs to and where its warnings go (the run's log).
+    Outside a step (the CLI, direct calls) they are unset and warnings are dropped."""
 
     progress: Progress = field(default_factory=NoProgress)
     cancel: threading.Event = field(default_factory=threading.Event)
+    run_id: str | None = None
+    step_id: str | None = None
+    warn: Callable[[str], None] = _ignore
     heartbeat: Callable[[], None] | None = None
     heartbeat_every_s: float = 15.0
     _last_beat: float = field(default_factory=time.monotonic)
@@ -76,6 +85,11 @@ class Job:
     def kill_all(self) -> None:
         for proc in self._processes:
             kill_group(proc)
+
+    def stop(self) -> None:
+        """Cancel: the work stops at its next chunk, and the tools it started are killed."""
+        self.cancel.set()
+        self.kill_all()
 
 
 class Sink:
@@ -243,6 +257,23 @@ def copy(reader: Any, write: Callable[[bytes], Any], job: Job, size: int = READ_
             return total
         write(chunk)
         total += len(chunk)
+
+
+def stream_output(
+    proc: Tool, sink: Sink, job: Job, *, level: int | None = 3, threads: int = 0
+) -> int:
+    """Stream a tool's stdout into `sink`, zstd-compressed at `level` (None: as it is), and
+    kill the tool if that fails; returns the bytes the tool wrote. The caller checks its exit."""
+    reader = CountingReader(proc.stdout, job)
+    try:
+        if level is None:
+            copy(reader, sink.write, job)
+        else:
+            compress(reader, sink, level=level, threads=threads)
+    except BaseException:
+        proc.kill()
+        raise
+    return reader.count
 
 
 def compress(reader: Any, sink: Any, *, level: int = 3, threads: int = 0) -> None:

@@ -1,47 +1,40 @@
-"""`backup.verify` and `backup.freshness`: is the backup still good, and is it recent enough?
+"""What `backup.verify` and `backup.freshness` do: is a backup still good, is it recent enough?
 
 Verification re-reads the stored object and checks its size and sha256 against the catalog
-(no key needed). `deep` also restores it into a scratch place and checks the result: a
-temporary directory for directories, `PRAGMA integrity_check` for SQLite, a scratch database
-(dropped afterwards) for PostgreSQL and MariaDB when `scratch_dsn` names a server. The result
-is recorded on the catalog entry; retention and freshness only trust verified store.
+(no key needed). `deep` also runs the deep check of the backup's kind (kinds/): it restores
+into a scratch place and checks the result, e.g. a temporary directory for directories, a
+scratch database (dropped afterwards) for PostgreSQL and MariaDB when `scratch_dsn` names a
+server. The result is recorded on the catalog entry; retention and freshness trust only
+verified backups.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.steps.registry import StepInput, StepOutput
 from ktlo.store import audit
 from ktlo.store.models import utcnow
-from tasks.backup import directory, mariadb, postgres, sqlite, store
-from tasks.backup.catalog import resolve, stored
-from tasks.backup.jobs import in_thread, run_ids
-from tasks.backup.model import LATEST, BackupError
+from tasks.backup import store
+from tasks.backup.catalog import facts, resolve
+from tasks.backup.kinds import Scratch, kind_of
+from tasks.backup.model import BackupError, BackupRef
+from tasks.backup.reader import stored
 from tasks.backup.store import Backup
 from tasks.backup.stream import Job
 
 
-class VerifyInput(StepInput):
-    backup_id: str = Field(description="a backup id (or a unique prefix), or 'latest'")
-    source: str | None = Field(default=None, description="with backup_id 'latest': which source")
+class VerifyInput(BackupRef):
     deep: bool = Field(default=False, description="also restore into a scratch place and check it")
     scratch_dsn: str | None = Field(
         default=None, description="deep, databases: server to create a scratch database on"
     )
     scratch_dir: str | None = Field(default=None, description="deep, files: where to extract")
-
-    @model_validator(mode="after")
-    def _latest_needs_source(self) -> VerifyInput:
-        if self.backup_id == LATEST and not self.source:
-            raise ValueError("backup_id 'latest' needs 'source'")
-        return self
 
 
 class VerifyOutput(StepOutput):
@@ -56,16 +49,8 @@ class VerifyOutput(StepOutput):
 
 
 def _deep(entry: Backup, job: Job, inputs: VerifyInput) -> dict[str, Any]:
-    checks: dict[str, Callable[[], dict[str, Any]]] = {
-        "directory": lambda: directory.deep_check(entry, job, inputs.scratch_dir),
-        "sqlite": lambda: sqlite.deep_check(entry, job, inputs.scratch_dir),
-        "postgres": lambda: postgres.deep_check(entry, job, inputs.scratch_dsn),
-        "postgres_globals": lambda: postgres.deep_check(entry, job, None),
-        "mariadb": lambda: mariadb.deep_check(entry, job, inputs.scratch_dsn),
-    }
-    if entry.kind not in checks:
-        raise BackupError(f"backup {entry.id}: no deep check for kind {entry.kind}")
-    return checks[entry.kind]()
+    scratch = Scratch(dir=inputs.scratch_dir, dsn=inputs.scratch_dsn)
+    return kind_of(entry).deep_check(entry, job, scratch)
 
 
 def _rehash(entry: Backup, job: Job) -> dict[str, Any]:
@@ -74,7 +59,27 @@ def _rehash(entry: Backup, job: Job) -> dict[str, Any]:
     return {}
 
 
-def verify_backup(inputs: VerifyInput, job: Job, *, run_id: str | None = None) -> VerifyOutput:
+def _record(
+    entry: Backup, job: Job, deep: bool, checks: dict[str, Any], error: str | None = None
+) -> None:
+    """The result on the catalog entry (retention and freshness read it) and in the audit."""
+    result = {"error": error} if error else {"checks": checks}
+    store.update(
+        entry.id,
+        verify_status="failed" if error else "ok",
+        verified_at=utcnow(),
+        verify_deep=deep,
+        verify_error=error,
+    )
+    audit.record(
+        "backup.verify_failed" if error else "backup.verified",
+        entry.source,
+        run_id=job.run_id,
+        details={"backup_id": entry.id, "deep": deep, **result},
+    )
+
+
+def verify_backup(inputs: VerifyInput, job: Job) -> VerifyOutput:
     started = time.perf_counter()
     entry = resolve(inputs.backup_id, inputs.source)
     try:
@@ -83,40 +88,12 @@ def verify_backup(inputs: VerifyInput, job: Job, *, run_id: str | None = None) -
         message = secrets.redact(str(exc) or type(exc).__name__)
         if entry.id not in message:
             message = f"backup {entry.id} ({entry.source}) failed verification: {message}"
-        store.update(
-            entry.id,
-            verify_status="failed",
-            verified_at=utcnow(),
-            verify_deep=inputs.deep,
-            verify_error=message,
-        )
-        audit.record(
-            "backup.verify_failed",
-            entry.source,
-            run_id=run_id,
-            details={"backup_id": entry.id, "deep": inputs.deep, "error": message},
-        )
+        _record(entry, job, inputs.deep, {}, error=message)
         raise BackupError(message) from None
-    store.update(
-        entry.id,
-        verify_status="ok",
-        verified_at=utcnow(),
-        verify_deep=inputs.deep,
-        verify_error=None,
-    )
-    audit.record(
-        "backup.verified",
-        entry.source,
-        run_id=run_id,
-        details={"backup_id": entry.id, "deep": inputs.deep, "checks": checks},
-    )
+    _record(entry, job, inputs.deep, checks)
     return VerifyOutput(
-        backup_id=entry.id,
-        source=entry.source,
-        kind=entry.kind,
+        **facts(entry),
         deep=inputs.deep,
-        size=entry.size or 0,
-        sha256=entry.sha256 or "",
         checks=checks,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
@@ -124,13 +101,6 @@ def verify_backup(inputs: VerifyInput, job: Job, *, run_id: str | None = None) -
 
 def summarize_verify(out: VerifyOutput) -> str:
     return f"{out.backup_id}: ok" + (" (deep)" if out.deep else " (sha256)")
-
-
-@step_task("backup.verify", VerifyInput, VerifyOutput, summarize=summarize_verify)
-async def verify_step(inputs: VerifyInput) -> VerifyOutput:
-    """Verify a backup: re-hash the stored object; `deep` also restores it and checks it."""
-    run_id, _ = run_ids()
-    return await in_thread(lambda job: verify_backup(inputs, job, run_id=run_id))
 
 
 # -- freshness ----------------------------------------------------------------------------
@@ -171,12 +141,5 @@ def check_freshness(inputs: FreshnessInput) -> FreshnessOutput:
     return FreshnessOutput(newest=newest, age_s=ages, max_age_s=inputs.max_age_s)
 
 
-@step_task(
-    "backup.freshness",
-    FreshnessInput,
-    FreshnessOutput,
-    summarize=lambda out: ", ".join(f"{s}: {a:.0f}s" for s, a in out.age_s.items()),
-)
-async def freshness_step(inputs: FreshnessInput) -> FreshnessOutput:
-    """Fail when the newest verified backup of a source is older than max_age_s."""
-    return check_freshness(inputs)
+def summarize_freshness(out: FreshnessOutput) -> str:
+    return ", ".join(f"{s}: {a:.0f}s" for s, a in out.age_s.items())

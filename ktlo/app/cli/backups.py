@@ -1,7 +1,8 @@
 """`ktlo backups list|show|verify` and `ktlo restore`: the backup catalog from a terminal.
 
-These run the same code as the `backup.verify` and `restore.*` steps, in this process and
-without Prefect, with a progress bar on stderr (stdout stays clean for `--json`).
+Options in, rendering out; the work is `tasks.backup.commands`, the same code as the
+`backup.verify` and `restore.<kind>` steps, run in this process without Prefect, with a
+progress bar on stderr (stdout stays clean for `--json`).
 """
 
 from __future__ import annotations
@@ -81,17 +82,11 @@ def _progress() -> Iterator[Any]:
 
 
 def _run(work: Callable[[Any], T]) -> T:
-    """Run backup code with a progress bar; Ctrl-C stops the tools it started."""
-    from tasks.backup.stream import Job
+    """Run backup code here with a progress bar; Ctrl-C stops the tools it started."""
+    from tasks.backup.jobs import in_this_thread
 
     with _progress() as bar:
-        job = Job(progress=bar)
-        try:
-            return work(job)
-        except BaseException:
-            job.cancel.set()
-            job.kill_all()
-            raise
+        return in_this_thread(work, bar)
 
 
 def _entry_json(e: Any) -> dict[str, Any]:
@@ -138,11 +133,10 @@ def list_backups(
     """Backups in the catalog, newest first."""
     from rich.table import Table
 
-    from tasks.backup import store
+    from tasks.backup import commands
     from tasks.backup.model import human_bytes
 
-    rows = store.entries(source=source, statuses=None if show_all else (store.COMPLETE,))
-    rows = rows[:limit]
+    rows = commands.listing(source, show_all=show_all, limit=limit)
     if as_json:
         print_json({"backups": [_entry_json(e) for e in rows]})
         return
@@ -176,20 +170,9 @@ def show_backup(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One catalog entry in full."""
-    from ktlo.errors import KtloError
-    from tasks.backup import store
+    from tasks.backup import commands
 
-    entry = store.get(backup_id)
-    if entry is None:
-        matches = store.by_prefix(backup_id)
-        if len(matches) != 1:
-            raise KtloError(
-                f"backup id prefix '{backup_id}' is ambiguous"
-                if matches
-                else f"no backup with id '{backup_id}' in the catalog"
-            )
-        entry = matches[0]
-    data = _entry_json(entry)
+    data = _entry_json(commands.find(backup_id))
     if as_json:
         print_json(data)
         return
@@ -210,16 +193,18 @@ def verify_backup(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Re-hash a stored backup (exit 1 if it is corrupt); --deep also restores and checks it."""
-    from tasks.backup.verify import VerifyInput, verify_backup
+    from tasks.backup import commands
 
-    inputs = VerifyInput(
-        backup_id=backup_id,
-        source=source,
-        deep=deep,
-        scratch_dsn=scratch_dsn,
-        scratch_dir=scratch_dir,
+    out = _run(
+        lambda job: commands.verify(
+            job,
+            backup_id,
+            source=source,
+            deep=deep,
+            scratch_dsn=scratch_dsn,
+            scratch_dir=scratch_dir,
+        )
     )
-    out = _run(lambda job: verify_backup(inputs, job))
     if as_json:
         print_json(out.model_dump(mode="json"))
         return
@@ -242,32 +227,13 @@ def restore(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Restore a backup into a target directory, file or database."""
-    from ktlo.errors import KtloError
-    from tasks.backup import directory, mariadb, postgres, sqlite
-    from tasks.backup.catalog import resolve
+    from tasks.backup import commands
 
-    kind = resolve(backup_id, source).kind
-    common: dict[str, Any] = {"backup_id": backup_id, "source": source, "overwrite": overwrite}
-    work: Callable[[Any], Any]
-    if kind == "directory":
-        d_in = directory.DirectoryRestoreInput(target=to, **common)
-        work = lambda job: directory.restore_directory(d_in, job)  # noqa: E731
-    elif kind == "sqlite":
-        s_in = sqlite.SqliteRestoreInput(target=to, **common)
-        work = lambda job: sqlite.restore_sqlite(s_in, job)  # noqa: E731
-    elif kind in ("postgres", "postgres_globals"):
-        if not (to.startswith(("postgres://", "postgresql://")) or "=" in to):
-            raise KtloError(f"a {kind} backup restores into a database: --to postgresql://…/DB")
-        p_in = postgres.PostgresRestoreInput(dsn=to, no_owner=no_owner, **common)
-        work = lambda job: postgres.restore_postgres(p_in, job)  # noqa: E731
-    elif kind == "mariadb":
-        if not to.startswith(("mysql://", "mariadb://")):
-            raise KtloError("a mariadb backup restores into a database: --to mysql://…/DB")
-        m_in = mariadb.MariadbRestoreInput(dsn=to, **common)
-        work = lambda job: mariadb.restore_mariadb(m_in, job)  # noqa: E731
-    else:
-        raise KtloError(f"cannot restore a backup of kind {kind}")
-    out = _run(work)
+    out = _run(
+        lambda job: commands.restore(
+            job, backup_id, to, source=source, overwrite=overwrite, no_owner=no_owner
+        )
+    )
     if as_json:
         print_json(out.model_dump(mode="json"))
         return

@@ -14,41 +14,28 @@ had to create is dropped again.
 from __future__ import annotations
 
 import os
-import re
-import secrets as _random
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field
 
 from ktlo import secrets
-from ktlo.steps.registry import step_task
-from tasks.backup.catalog import (
-    Outcome,
-    Plan,
-    expect_kind,
-    output_of,
-    perform_backup,
-    resolve,
-    restoring,
-    stored,
-)
-from tasks.backup.jobs import in_thread, logger, run_ids
+from tasks.backup.kinds.base import BackupKind, Restored, Scratch, register, restoring
 from tasks.backup.model import (
     BackupError,
     BackupInput,
     BackupOutput,
     RestoreInput,
-    RestoreOutput,
     as_spec,
+    occupied,
     require_tool,
-    summarize_backup,
-    summarize_restore,
     tool_version,
 )
-from tasks.backup.stream import CountingReader, Job, Sink, Tool, compress, copy
+from tasks.backup.reader import stored
+from tasks.backup.store import Backup
+from tasks.backup.stream import Job, Sink, Tool, stream_output
+from tasks.backup.writer import Outcome, Plan, output_of, perform_backup
 
 USER_RELATIONS = """
 SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -138,69 +125,118 @@ class PostgresRestoreInput(RestoreInput):
     no_owner: bool = Field(default=False, description="pg_restore --no-owner --no-privileges")
 
 
-def backup_postgres(
-    inputs: PostgresBackupInput,
-    job: Job,
-    *,
-    run_id: str | None = None,
-    step_id: str | None = None,
-    log: Any = None,
-) -> tuple[Outcome, Outcome | None]:
-    server = PgServer.parse(inputs.dsn, inputs.database)
-    pg_dump = require_tool("pg_dump")
-    source = inputs.source or server.label()
-    plan = Plan(
-        kind="postgres",
-        source=source,
-        extension=".pgdump",
-        compression="pg_dump-custom",
-        tool_versions={"pg_dump": tool_version("pg_dump")},
-        details={"server": server.label(), "database": server.dbname},
-    )
+Made = tuple[Outcome, Outcome | None]  # the backup, and its globals when asked
 
-    def produce(sink: Sink) -> int:
-        argv = [pg_dump, "--format=custom", "--no-password", *inputs.options]
-        proc = Tool([*argv, f"--dbname={server.conninfo()}"], job, env=server.env())
-        job.progress.start(f"pg_dump {server.label()}", None)
+
+class Postgres(BackupKind[PostgresBackupInput, PostgresRestoreInput, Made]):
+    name = "postgres"
+    also_restores = ("postgres_globals",)
+    backup_output = PostgresBackupOutput
+
+    def backup(self, inputs: PostgresBackupInput, job: Job) -> Made:
+        """Back up a PostgreSQL database with pg_dump -Fc (and its globals when asked)."""
+        server = PgServer.parse(inputs.dsn, inputs.database)
+        pg_dump = require_tool("pg_dump")
+        source = inputs.source or server.label()
+        plan = Plan(
+            kind=self.name,
+            source=source,
+            extension=".pgdump",
+            compression="pg_dump-custom",
+            tool_versions={"pg_dump": tool_version("pg_dump")},
+            details={"server": server.label(), "database": server.dbname},
+        )
+
+        def produce(sink: Sink) -> int:
+            argv = [pg_dump, "--format=custom", "--no-password", *inputs.options]
+            proc = Tool([*argv, f"--dbname={server.conninfo()}"], job, env=server.env())
+            job.progress.start(f"pg_dump {server.label()}", None)
+            count = stream_output(proc, sink, job, level=None)  # the custom format is compressed
+            proc.check()
+            return count
+
+        spec = as_spec(inputs.destination)
+        main = perform_backup(plan, spec, produce, job)
+        if not inputs.globals:
+            return main, None
+        pg_dumpall = require_tool("pg_dumpall")
+        globals_plan = Plan(
+            kind="postgres_globals",
+            source=f"{source}/globals",
+            extension=".sql.zst",
+            compression="zstd-3",
+            tool_versions={"pg_dumpall": tool_version("pg_dumpall")},
+            details={"server": server.label(), "of": main.entry.id},
+        )
+
+        def produce_globals(sink: Sink) -> int:
+            argv = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={server.conninfo()}"]
+            proc = Tool(argv, job, env=server.env())
+            count = stream_output(proc, sink, job)
+            proc.check()
+            return count
+
+        return main, perform_backup(globals_plan, spec, produce_globals, job)
+
+    def output(self, made: Made) -> BackupOutput:
+        main, extra = made
+        return PostgresBackupOutput(
+            **output_of(main).model_dump(), globals_backup_id=extra.entry.id if extra else None
+        )
+
+    def restore_entry(self, entry: Backup, inputs: PostgresRestoreInput, job: Job) -> Restored:
+        """Restore a PostgreSQL backup into a database (one transaction)."""
+        server = PgServer.parse(inputs.dsn, inputs.database)
+        target = server.label()
+        if entry.kind == "postgres_globals":
+            with restoring(entry, target, job) as done:
+                done.bytes, done.sha256, errors = _load_globals(entry, server, job)
+                done.checks = {"errors": errors}
+            return done
+        dbname = server.dbname
+        maintenance = "postgres" if dbname != "postgres" else "template1"
+        exists = server.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", dbname, dbname=maintenance
+        )
+        in_use = bool(exists) and int(server.execute(USER_RELATIONS, dbname=dbname) or 0) > 0
+        if in_use and not inputs.overwrite:
+            raise occupied(target)
+        with restoring(entry, target, job) as done:
+            if not exists:
+                server.execute(f"CREATE DATABASE {_quote_ident(dbname)}", dbname=maintenance)
+            try:
+                done.sha256 = load(
+                    entry, server, dbname, job, clean=in_use, no_owner=inputs.no_owner
+                )
+            except BaseException:
+                if not exists:
+                    drop_database(server, dbname)
+                raise
+            done.bytes = entry.size or 0
+            done.checks = {"tables": int(server.execute(USER_TABLES, dbname=dbname) or 0)}
+        return done
+
+    def deep_check(self, entry: Backup, job: Job, scratch: Scratch) -> dict[str, Any]:
+        """Restore into a scratch database (dropped afterwards), or without a server, read the
+        whole archive with pg_restore into a script that is thrown away."""
+        if entry.kind == "postgres_globals" or not scratch.dsn:
+            return _read_through(entry, job)
+        server = PgServer.parse(scratch.dsn)
+        name = scratch.database_for(entry)
+        server.execute(f"CREATE DATABASE {_quote_ident(name)}", dbname=server.dbname)
         try:
-            count = copy(CountingReader(proc.stdout, job), sink.write, job)
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check()
-        return count
+            load(entry, server, name, job, clean=False, no_owner=True)
+            tables = int(server.execute(USER_TABLES, dbname=name) or 0)
+        finally:
+            drop_database(server, name)
+        return {"restored_into": server.label(name), "tables": tables}
 
-    spec = as_spec(inputs.destination)
-    note = log or (lambda _m: None)
-    main = perform_backup(plan, spec, produce, job, run_id=run_id, step_id=step_id, log=note)
-    if not inputs.globals:
-        return main, None
-    pg_dumpall = require_tool("pg_dumpall")
-    globals_plan = Plan(
-        kind="postgres_globals",
-        source=f"{source}/globals",
-        extension=".sql.zst",
-        compression="zstd-3",
-        tool_versions={"pg_dumpall": tool_version("pg_dumpall")},
-        details={"server": server.label(), "of": main.entry.id},
-    )
-
-    def produce_globals(sink: Sink) -> int:
-        argv = [pg_dumpall, "--globals-only", "--no-password", f"--dbname={server.conninfo()}"]
-        proc = Tool(argv, job, env=server.env())
-        reader = CountingReader(proc.stdout, job)
-        try:
-            compress(reader, sink)
-        except BaseException:
-            proc.kill()
-            raise
-        proc.check()
-        return reader.count
-
-    extra = perform_backup(
-        globals_plan, spec, produce_globals, job, run_id=run_id, step_id=step_id, log=note
-    )
-    return main, extra
+    def restore_target(self, to: str, entry_kind: str) -> dict[str, Any]:
+        if not (to.startswith(("postgres://", "postgresql://")) or "=" in to):
+            raise BackupError(
+                f"a {entry_kind} backup restores into a database: --to postgresql://…/DB"
+            )
+        return {"dsn": to}
 
 
 def _quote_ident(name: str) -> str:
@@ -208,7 +244,7 @@ def _quote_ident(name: str) -> str:
 
 
 def load(
-    entry: Any, server: PgServer, dbname: str, job: Job, *, clean: bool, no_owner: bool
+    entry: Backup, server: PgServer, dbname: str, job: Job, *, clean: bool, no_owner: bool
 ) -> str:
     """Feed the stored archive to pg_restore (one transaction); returns the object's sha256."""
     pg_restore = require_tool("pg_restore")
@@ -233,7 +269,7 @@ def load(
         return handle.finish()
 
 
-def _load_globals(entry: Any, server: PgServer, job: Job) -> tuple[int, str, int]:
+def _load_globals(entry: Backup, server: PgServer, job: Job) -> tuple[int, str, int]:
     """Apply a globals dump with psql; "already exists" errors are counted, not fatal."""
     psql = require_tool("psql")
     with stored(entry, job) as handle:
@@ -249,59 +285,6 @@ def _load_globals(entry: Any, server: PgServer, job: Job) -> tuple[int, str, int
         return size, handle.finish(), errors
 
 
-def restore_postgres(
-    inputs: PostgresRestoreInput, job: Job, *, run_id: str | None = None
-) -> RestoreOutput:
-    started = time.perf_counter()
-    entry = resolve(inputs.backup_id, inputs.source)
-    expect_kind(entry, "postgres", "postgres_globals")
-    server = PgServer.parse(inputs.dsn, inputs.database)
-    target = server.label()
-    if entry.kind == "postgres_globals":
-        with restoring(entry, target, run_id) as details:
-            size, digest, errors = _load_globals(entry, server, job)
-            details.update(bytes=size, errors=errors)
-        return RestoreOutput(
-            backup_id=entry.id,
-            source=entry.source,
-            target=target,
-            bytes=size,
-            sha256=digest,
-            checks={"errors": errors},
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-    dbname = server.dbname
-    maintenance = "postgres" if dbname != "postgres" else "template1"
-    exists = server.execute(
-        "SELECT 1 FROM pg_database WHERE datname = %s", dbname, dbname=maintenance
-    )
-    occupied = bool(exists) and int(server.execute(USER_RELATIONS, dbname=dbname) or 0) > 0
-    if occupied and not inputs.overwrite:
-        raise BackupError(
-            f"target {target} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
-        )
-    with restoring(entry, target, run_id) as details:
-        if not exists:
-            server.execute(f"CREATE DATABASE {_quote_ident(dbname)}", dbname=maintenance)
-        try:
-            digest = load(entry, server, dbname, job, clean=occupied, no_owner=inputs.no_owner)
-        except BaseException:
-            if not exists:
-                drop_database(server, dbname)
-            raise
-        tables = int(server.execute(USER_TABLES, dbname=dbname) or 0)
-        details.update(bytes=entry.size, tables=tables)
-    return RestoreOutput(
-        backup_id=entry.id,
-        source=entry.source,
-        target=target,
-        bytes=entry.size or 0,
-        sha256=digest,
-        checks={"tables": tables},
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
-    )
-
-
 def drop_database(server: PgServer, dbname: str) -> None:
     maintenance = "postgres" if dbname != "postgres" else "template1"
     server.execute(
@@ -309,25 +292,7 @@ def drop_database(server: PgServer, dbname: str) -> None:
     )
 
 
-def deep_check(entry: Any, job: Job, scratch_dsn: str | None = None) -> dict[str, Any]:
-    """Restore into a scratch database (dropped afterwards), or without a server, read the
-    whole archive with pg_restore into a script that is thrown away."""
-    if entry.kind == "postgres_globals" or not scratch_dsn:
-        return _read_through(entry, job)
-    server = PgServer.parse(scratch_dsn)
-    scratch = (
-        f"ktlo_verify_{re.sub(r'[^a-z0-9]', '', entry.id.lower())[-12:]}_{_random.token_hex(3)}"
-    )
-    server.execute(f"CREATE DATABASE {_quote_ident(scratch)}", dbname=server.dbname)
-    try:
-        load(entry, server, scratch, job, clean=False, no_owner=True)
-        tables = int(server.execute(USER_TABLES, dbname=scratch) or 0)
-    finally:
-        drop_database(server, scratch)
-    return {"restored_into": server.label(scratch), "tables": tables}
-
-
-def _read_through(entry: Any, job: Job) -> dict[str, Any]:
+def _read_through(entry: Backup, job: Job) -> dict[str, Any]:
     if entry.kind == "postgres_globals":
         with stored(entry, job) as handle:
             size = handle.decompress(lambda _b: None)
@@ -343,21 +308,5 @@ def _read_through(entry: Any, job: Job) -> dict[str, Any]:
     return {"pg_restore": "read the whole archive (no scratch_dsn: not restored)"}
 
 
-@step_task("backup.postgres", PostgresBackupInput, PostgresBackupOutput, summarize=summarize_backup)
-async def backup_postgres_step(inputs: PostgresBackupInput) -> PostgresBackupOutput:
-    """Back up a PostgreSQL database with pg_dump -Fc (and its globals when asked)."""
-    run_id, step_id = run_ids()
-    log = logger()
-    main, extra = await in_thread(
-        lambda job: backup_postgres(inputs, job, run_id=run_id, step_id=step_id, log=log.warning)
-    )
-    return PostgresBackupOutput(
-        **output_of(main).model_dump(), globals_backup_id=extra.entry.id if extra else None
-    )
-
-
-@step_task("restore.postgres", PostgresRestoreInput, RestoreOutput, summarize=summarize_restore)
-async def restore_postgres_step(inputs: PostgresRestoreInput) -> RestoreOutput:
-    """Restore a PostgreSQL backup into a database (one transaction)."""
-    run_id, _ = run_ids()
-    return await in_thread(lambda job: restore_postgres(inputs, job, run_id=run_id))
+KIND = register(Postgres())
+backup_postgres, restore_postgres = KIND.backup, KIND.restore

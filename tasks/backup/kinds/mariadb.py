@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import secrets as _random
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,30 +22,20 @@ from urllib.parse import unquote, urlparse
 from pydantic import Field, field_validator
 
 from ktlo import secrets
-from ktlo.steps.registry import StepInput, step_task
-from tasks.backup.catalog import (
-    Outcome,
-    Plan,
-    expect_kind,
-    output_of,
-    perform_backup,
-    resolve,
-    restoring,
-    stored,
-)
-from tasks.backup.jobs import in_thread, logger, run_ids
+from ktlo.steps.registry import StepInput
+from tasks.backup.kinds.base import BackupKind, Restored, Scratch, register, restoring
 from tasks.backup.model import (
     BackupError,
     BackupInput,
-    BackupOutput,
     RestoreInput,
-    RestoreOutput,
     as_spec,
-    summarize_backup,
-    summarize_restore,
+    occupied,
     tool_version,
 )
-from tasks.backup.stream import CountingReader, Job, Sink, Tool, compress
+from tasks.backup.reader import stored
+from tasks.backup.store import Backup
+from tasks.backup.stream import Job, Sink, Tool, stream_output
+from tasks.backup.writer import Outcome, Plan, perform_backup
 
 DUMP_OPTIONS = (
     "--single-transaction",
@@ -180,53 +167,82 @@ class MariadbRestoreInput(RestoreInput, Connection):
     """`database` (or the DSN's) is the target database."""
 
 
-def backup_mariadb(
-    inputs: MariadbBackupInput,
-    job: Job,
-    *,
-    run_id: str | None = None,
-    step_id: str | None = None,
-    log: Any = None,
-) -> Outcome:
-    server = MariaServer.of(inputs)
-    if not server.database:
-        raise BackupError("backup.mariadb needs a database (in 'database' or the DSN)")
-    dump = _tool("mariadb-dump", "mysqldump")
-    plan = Plan(
-        kind="mariadb",
-        source=inputs.source or server.label(),
-        extension=".sql.zst",
-        compression=f"zstd-{inputs.level}",
-        tool_versions={"mariadb-dump": tool_version(os.path.basename(dump))},
-        details={"server": server.label(""), "database": server.database},
-    )
+class Mariadb(BackupKind[MariadbBackupInput, MariadbRestoreInput, Outcome]):
+    name = "mariadb"
 
-    def produce(sink: Sink) -> int:
-        with server.options_file() as options:
-            argv = [dump, f"--defaults-extra-file={options}", *DUMP_OPTIONS, *inputs.options]
-            proc = Tool([*argv, server.database], job)
-            job.progress.start(f"mariadb-dump {server.label()}", None)
-            reader = CountingReader(proc.stdout, job)
+    def backup(self, inputs: MariadbBackupInput, job: Job) -> Outcome:
+        """Back up a MariaDB/MySQL database with mariadb-dump --single-transaction."""
+        server = MariaServer.of(inputs)
+        if not server.database:
+            raise BackupError("backup.mariadb needs a database (in 'database' or the DSN)")
+        dump = _tool("mariadb-dump", "mysqldump")
+        plan = Plan(
+            kind=self.name,
+            source=inputs.source or server.label(),
+            extension=".sql.zst",
+            compression=f"zstd-{inputs.level}",
+            tool_versions={"mariadb-dump": tool_version(os.path.basename(dump))},
+            details={"server": server.label(""), "database": server.database},
+        )
+
+        def produce(sink: Sink) -> int:
+            with server.options_file() as options:
+                argv = [dump, f"--defaults-extra-file={options}", *DUMP_OPTIONS, *inputs.options]
+                proc = Tool([*argv, server.database], job)
+                job.progress.start(f"mariadb-dump {server.label()}", None)
+                count = stream_output(proc, sink, job, level=inputs.level, threads=-1)
+                proc.check()
+            return count
+
+        return perform_backup(plan, as_spec(inputs.destination), produce, job)
+
+    def restore_entry(self, entry: Backup, inputs: MariadbRestoreInput, job: Job) -> Restored:
+        """Restore a MariaDB backup into a database (dropped and recreated with overwrite)."""
+        server = MariaServer.of(inputs)
+        if not server.database:
+            raise BackupError("restore.mariadb needs a target database (in 'database' or the DSN)")
+        db = server.database
+        exists = server.execute(
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", db
+        )
+        if exists and _tables(server, db) and not inputs.overwrite:
+            raise occupied(server.label())
+        with restoring(entry, server.label(), job) as done:
+            if exists:
+                server.execute(f"DROP DATABASE {_ident(db)}")
+            server.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
             try:
-                compress(reader, sink, level=inputs.level, threads=-1)
+                done.bytes, done.sha256 = load(entry, server, db, job)
             except BaseException:
-                proc.kill()
+                server.execute(f"DROP DATABASE IF EXISTS {_ident(db)}")
+                if exists:
+                    server.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
                 raise
-            proc.check()
-        return reader.count
+            done.checks = {"tables": _tables(server, db)}
+        return done
 
-    return perform_backup(
-        plan,
-        as_spec(inputs.destination),
-        produce,
-        job,
-        run_id=run_id,
-        step_id=step_id,
-        log=log or (lambda _m: None),
-    )
+    def deep_check(self, entry: Backup, job: Job, scratch: Scratch) -> dict[str, Any]:
+        """Load into a scratch database (dropped afterwards); without a server, check that the
+        dump decompresses completely and ends with mariadb-dump's completion marker."""
+        if not scratch.dsn:
+            return _read_through(entry, job)
+        server = MariaServer.of(Connection(dsn=scratch.dsn))
+        name = scratch.database_for(entry)
+        server.execute(f"CREATE DATABASE {_ident(name)} CHARACTER SET utf8mb4")
+        try:
+            size, _ = load(entry, server, name, job)
+            tables = _tables(server, name)
+        finally:
+            server.execute(f"DROP DATABASE IF EXISTS {_ident(name)}")
+        return {"restored_into": server.label(name), "bytes": size, "tables": tables}
+
+    def restore_target(self, to: str, entry_kind: str) -> dict[str, Any]:
+        if not to.startswith(("mysql://", "mariadb://")):
+            raise BackupError(f"a {entry_kind} backup restores into a database: --to mysql://…/DB")
+        return {"dsn": to}
 
 
-def load(entry: Any, server: MariaServer, database: str, job: Job) -> tuple[int, str]:
+def load(entry: Backup, server: MariaServer, database: str, job: Job) -> tuple[int, str]:
     client = _tool("mariadb", "mysql")
     with stored(entry, job) as handle, server.options_file() as options:
         argv = [client, f"--defaults-extra-file={options}", "--binary-mode", "--batch"]
@@ -245,89 +261,22 @@ def _tables(server: MariaServer, database: str) -> int:
     return int(server.execute(sql, database) or 0)
 
 
-def restore_mariadb(
-    inputs: MariadbRestoreInput, job: Job, *, run_id: str | None = None
-) -> RestoreOutput:
-    started = time.perf_counter()
-    entry = resolve(inputs.backup_id, inputs.source)
-    expect_kind(entry, "mariadb")
-    server = MariaServer.of(inputs)
-    if not server.database:
-        raise BackupError("restore.mariadb needs a target database (in 'database' or the DSN)")
-    db = server.database
-    exists = server.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", db)
-    if exists and _tables(server, db) and not inputs.overwrite:
+def _read_through(entry: Backup, job: Job) -> dict[str, Any]:
+    tail = bytearray()
+
+    def keep_tail(data: bytes) -> None:
+        tail.extend(data[-256:])
+        del tail[:-256]
+
+    with stored(entry, job) as handle:
+        size = handle.decompress(keep_tail)
+        handle.finish()
+    if COMPLETED not in tail:
         raise BackupError(
-            f"target {server.label()} is not empty (overwrite: true, or ktlo restore --overwrite, replaces it)"
+            f"backup {entry.id} ({entry.source}): the dump is incomplete (no '-- Dump completed')"
         )
-    with restoring(entry, server.label(), run_id) as details:
-        if exists:
-            server.execute(f"DROP DATABASE {_ident(db)}")
-        server.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
-        try:
-            size, digest = load(entry, server, db, job)
-        except BaseException:
-            server.execute(f"DROP DATABASE IF EXISTS {_ident(db)}")
-            if exists:
-                server.execute(f"CREATE DATABASE {_ident(db)} CHARACTER SET utf8mb4")
-            raise
-        tables = _tables(server, db)
-        details.update(bytes=size, tables=tables)
-    return RestoreOutput(
-        backup_id=entry.id,
-        source=entry.source,
-        target=server.label(),
-        bytes=size,
-        sha256=digest,
-        checks={"tables": tables},
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
-    )
+    return {"bytes": size, "complete": True}
 
 
-def deep_check(entry: Any, job: Job, scratch_dsn: str | None = None) -> dict[str, Any]:
-    """Load into a scratch database (dropped afterwards); without a server, check that the
-    dump decompresses completely and ends with mariadb-dump's completion marker."""
-    if not scratch_dsn:
-        tail = bytearray()
-
-        def keep_tail(data: bytes) -> None:
-            tail.extend(data[-256:])
-            del tail[:-256]
-
-        with stored(entry, job) as handle:
-            size = handle.decompress(keep_tail)
-            handle.finish()
-        if COMPLETED not in tail:
-            raise BackupError(
-                f"backup {entry.id} ({entry.source}): the dump is incomplete (no '-- Dump completed')"
-            )
-        return {"bytes": size, "complete": True}
-    server = MariaServer.of(Connection(dsn=scratch_dsn))
-    scratch = (
-        f"ktlo_verify_{re.sub(r'[^a-z0-9]', '', entry.id.lower())[-12:]}_{_random.token_hex(3)}"
-    )
-    server.execute(f"CREATE DATABASE {_ident(scratch)} CHARACTER SET utf8mb4")
-    try:
-        size, _ = load(entry, server, scratch, job)
-        tables = _tables(server, scratch)
-    finally:
-        server.execute(f"DROP DATABASE IF EXISTS {_ident(scratch)}")
-    return {"restored_into": server.label(scratch), "bytes": size, "tables": tables}
-
-
-@step_task("backup.mariadb", MariadbBackupInput, BackupOutput, summarize=summarize_backup)
-async def backup_mariadb_step(inputs: MariadbBackupInput) -> BackupOutput:
-    """Back up a MariaDB/MySQL database with mariadb-dump --single-transaction."""
-    run_id, step_id = run_ids()
-    log = logger()
-    outcome = await in_thread(
-        lambda job: backup_mariadb(inputs, job, run_id=run_id, step_id=step_id, log=log.warning)
-    )
-    return output_of(outcome)
-
-
-@step_task("restore.mariadb", MariadbRestoreInput, RestoreOutput, summarize=summarize_restore)
-async def restore_mariadb_step(inputs: MariadbRestoreInput) -> RestoreOutput:
-    """Restore a MariaDB backup into a database (dropped and recreated with overwrite)."""
-    run_id, _ = run_ids()
-    return await in_thread(lambda job: restore_mariadb(inputs, job, run_id=run_id))
+KIND = register(Mariadb())
+backup_mariadb, restore_mariadb = KIND.backup, KIND.restore
