@@ -16,6 +16,7 @@ from pydantic import Field
 
 from ktlo.engine import approvals
 from ktlo.errors import StepFailed
+from ktlo.status import ApprovalStatus
 from ktlo.steps.context import get_step_context
 from ktlo.steps.registry import StepInput, StepOutput, step_task
 
@@ -68,7 +69,9 @@ async def wait_for_approval(inputs: ApprovalInput) -> ApprovalOutput:
                 wait_for_input=form, timeout=remaining, poll_interval=POLL_INTERVAL_S
             )
         except FlowPauseTimeout:
-            approvals.decide(record.id or 0, "timed_out", by=None, comment="no decision in time")
+            approvals.decide(
+                record.id or 0, ApprovalStatus.TIMED_OUT, by=None, comment="no decision in time"
+            )
             raise StepFailed(
                 f"approval timed out after {inputs.timeout_s:g}s (counts as rejected)"
             ) from None
@@ -80,13 +83,18 @@ async def wait_for_approval(inputs: ApprovalInput) -> ApprovalOutput:
             )
             if time.monotonic() >= deadline:
                 approvals.decide(
-                    record.id or 0, "timed_out", by=None, comment="no valid decision in time"
+                    record.id or 0,
+                    ApprovalStatus.TIMED_OUT,
+                    by=None,
+                    comment="no valid decision in time",
                 )
                 raise StepFailed("approval timed out (counts as rejected)")
             continue
-        status = "approved" if answer.decision == "approve" else "rejected"
+        status = (
+            ApprovalStatus.APPROVED if answer.decision == "approve" else ApprovalStatus.REJECTED
+        )
         approvals.decide(record.id or 0, status, by=who, comment=answer.comment)
-        if status == "rejected":
+        if status == ApprovalStatus.REJECTED:
             reason = f": {answer.comment}" if answer.comment else ""
             raise StepFailed(f"rejected by {who}{reason}")
         logger.info("Approved by %s", who)

@@ -9,6 +9,7 @@ from pydantic import Field
 from sqlmodel import col, select
 
 from ktlo.errors import KtloError
+from ktlo.status import ApprovalStatus
 from ktlo.store import audit
 from ktlo.store.db import session
 from ktlo.store.models import Approval, utcnow
@@ -97,7 +98,7 @@ def refuse(approval: Approval, by: str) -> None:
 
 def pending(flow_run_id: str | None = None) -> list[Approval]:
     with session() as s:
-        query = select(Approval).where(Approval.status == "pending")
+        query = select(Approval).where(Approval.status == ApprovalStatus.PENDING)
         if flow_run_id:
             query = query.where(Approval.flow_run_id == flow_run_id)
         return list(s.exec(query.order_by(col(Approval.requested_at))).all())

@@ -25,6 +25,7 @@ from ktlo.errors import KtloError, StepFailed
 from ktlo.runbook.model import Runbook, Step
 from ktlo.runbook.rendering import render_inputs
 from ktlo.runbook.templating import evaluate, expression_source
+from ktlo.status import RunStatus, StepStatus
 from ktlo.steps import registry
 from ktlo.steps.context import StepContext, current_step
 from ktlo.store import runs
@@ -49,13 +50,13 @@ class RunInfo:
 class Outcome:
     """The result of a whole run, as the flow reports it."""
 
-    status: str
+    status: RunStatus
     steps: list[StepRun] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed_steps(self) -> list[StepRun]:
-        return [s for s in self.steps if s.status == "failed"]
+        return [s for s in self.steps if s.status == StepStatus.FAILED]
 
     @property
     def error(self) -> str | None:
@@ -153,24 +154,28 @@ class Executor:
                 finished_steps = [(running.pop(task), task.result()) for task in done]
             for step, result in finished_steps:
                 self.results[step.id] = result
-                if result.status == "failed" and not result.continued and aborted_by is None:
+                if (
+                    result.status == StepStatus.FAILED
+                    and not result.continued
+                    and aborted_by is None
+                ):
                     aborted_by = step.id
         for step in pending:
             reason = f"not run: step '{aborted_by}' failed" if aborted_by else "not run"
-            self.results[step.id] = self._record(step, "not_run", error=reason)
+            self.results[step.id] = self._record(step, StepStatus.NOT_RUN, error=reason)
         ordered = [self.results[s.id] for s in self.rb.steps]
-        if any(r.status == "failed" and not r.continued for r in ordered):
-            status = "failed"
-        elif any(r.status == "failed" for r in ordered):
-            status = "succeeded_with_errors"
+        if any(r.status == StepStatus.FAILED and not r.continued for r in ordered):
+            status = RunStatus.FAILED
+        elif any(r.status == StepStatus.FAILED for r in ordered):
+            status = RunStatus.SUCCEEDED_WITH_ERRORS
         else:
-            status = "succeeded"
+            status = RunStatus.SUCCEEDED
         return Outcome(status=status, steps=ordered, outputs=dict(self.outputs))
 
     def _record(
         self,
         step: Step,
-        status: str,
+        status: StepStatus,
         *,
         started: float | None = None,
         attempts: int = 0,
@@ -186,7 +191,7 @@ class Executor:
             position=self.positions[step.id],
             uses=step.uses,
             status=status,
-            continued=status == "failed" and step.on_failure == "continue",
+            continued=status == StepStatus.FAILED and step.on_failure == "continue",
             attempts=attempts,
             started_at=now - timedelta(milliseconds=duration or 0),
             finished_at=now,
@@ -201,24 +206,28 @@ class Executor:
     async def _execute(self, step: Step) -> StepRun:
         step_type = registry.get(step.uses)
         if step_type is None:  # validation makes this unreachable; keep the message clear anyway
-            return self._record(step, "failed", error=f"unknown step type '{step.uses}'")
+            return self._record(step, StepStatus.FAILED, error=f"unknown step type '{step.uses}'")
         ctx = self.context()
         started = time.perf_counter()
         if step.if_ is not None:
             try:
                 condition = evaluate(expression_source(step.if_), ctx)
             except KtloError as exc:
-                return self._record(step, "failed", started=started, error=f"if: {exc}")
+                return self._record(step, StepStatus.FAILED, started=started, error=f"if: {exc}")
             if not condition:
-                return self._record(step, "skipped", started=started, summary="condition was false")
+                return self._record(
+                    step, StepStatus.SKIPPED, started=started, summary="condition was false"
+                )
         try:
             rendered = render_inputs(step.with_, registry.renderings(step_type, step.with_), ctx)
             inputs = step_type.input_model.model_validate(rendered)
         except KtloError as exc:
-            return self._record(step, "failed", started=started, error=secrets.redact(str(exc)))
+            return self._record(
+                step, StepStatus.FAILED, started=started, error=secrets.redact(str(exc))
+            )
         except ValidationError as exc:
             return self._record(
-                step, "failed", started=started, error=secrets.redact(_input_error(exc))
+                step, StepStatus.FAILED, started=started, error=secrets.redact(_input_error(exc))
             )
         task = _configured_task(
             step_type.task, step.id, step.retries, step.retry_delay_s, step.timeout_s
@@ -238,19 +247,19 @@ class Executor:
         except TimeoutError:
             return self._record(
                 step,
-                "failed",
+                StepStatus.FAILED,
                 started=started,
                 attempts=sctx.attempts,
                 error=f"timed out after {step.timeout_s:g}s",
             )
         except StepFailed as exc:
             return self._record(
-                step, "failed", started=started, attempts=sctx.attempts, error=str(exc)
+                step, StepStatus.FAILED, started=started, attempts=sctx.attempts, error=str(exc)
             )
         except Exception as exc:
             detail = secrets.redact(f"{type(exc).__name__}: {exc}")
             return self._record(
-                step, "failed", started=started, attempts=sctx.attempts, error=detail
+                step, StepStatus.FAILED, started=started, attempts=sctx.attempts, error=detail
             )
         finally:
             current_step.reset(token)
@@ -263,7 +272,7 @@ class Executor:
         summary = step_type.summarize(output) if step_type.summarize else None
         return self._record(
             step,
-            "succeeded",
+            StepStatus.SUCCEEDED,
             started=started,
             attempts=sctx.attempts,
             summary=summary,

@@ -5,12 +5,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ktlo.runbook.model import Runbook
+from ktlo.status import RunStatus, StepStatus
 
 if TYPE_CHECKING:
     from ktlo.engine.executor import Outcome, RunInfo
 
-ICONS = {"succeeded": "✅", "failed": "❌", "skipped": "⏭️", "not_run": "⏹️"}
-RUN_ICONS = {"succeeded": "✅", "succeeded_with_errors": "⚠️", "failed": "❌", "crashed": "💥"}
+ICONS: dict[str, str] = {
+    StepStatus.SUCCEEDED: "✅",
+    StepStatus.FAILED: "❌",
+    StepStatus.SKIPPED: "⏭️",
+    StepStatus.NOT_RUN: "⏹️",
+}
+RUN_ICONS: dict[str, str] = {
+    RunStatus.SUCCEEDED: "✅",
+    RunStatus.SUCCEEDED_WITH_ERRORS: "⚠️",
+    RunStatus.FAILED: "❌",
+    RunStatus.CRASHED: "💥",
+}
 
 
 def _cell(text: str | None, limit: int = 160) -> str:
@@ -41,7 +52,7 @@ def markdown_summary(rb: Runbook, info: RunInfo, outcome: Outcome) -> str:
     ]
     for s in outcome.steps:
         status = f"{ICONS.get(s.status, '')} {s.status}" + (" (continued)" if s.continued else "")
-        result = s.error if s.status in ("failed", "not_run") else s.summary
+        result = s.error if s.status in (StepStatus.FAILED, StepStatus.NOT_RUN) else s.summary
         lines.append(
             f"| `{s.step_id}` | {s.uses} | {status} | {s.attempts or ''} | "
             f"{_duration(s.duration_ms)} | {_cell(result)} |"
@@ -55,9 +66,9 @@ def notification(rb: Runbook, info: RunInfo, outcome: Outcome) -> tuple[str, str
         counts[s.status] = counts.get(s.status, 0) + 1
     tally = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())
     failed = outcome.failed_steps
-    if outcome.status == "succeeded":
+    if outcome.status == RunStatus.SUCCEEDED:
         title = f"✅ ktlo: runbook {rb.name} succeeded"
-    elif outcome.status == "succeeded_with_errors":
+    elif outcome.status == RunStatus.SUCCEEDED_WITH_ERRORS:
         title = f"⚠️ ktlo: runbook {rb.name} finished with {len(failed)} failed step(s)"
     else:
         where = f" at step '{failed[0].step_id}'" if failed else ""

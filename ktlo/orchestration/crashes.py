@@ -15,6 +15,7 @@ from uuid import UUID
 
 from sqlmodel import col, select
 
+from ktlo.status import RunStatus
 from ktlo.store import audit
 from ktlo.store.db import session
 from ktlo.store.models import Run, utcnow
@@ -25,10 +26,10 @@ ZOMBIE_AUTOMATION = "ktlo: mark flow runs without heartbeats as crashed"
 HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 FINAL_STATUS = {
-    "CRASHED": "crashed",
+    "CRASHED": RunStatus.CRASHED,
     "CANCELLED": "cancelled",
-    "FAILED": "failed",
-    "COMPLETED": "succeeded",
+    "FAILED": RunStatus.FAILED,
+    "COMPLETED": RunStatus.SUCCEEDED,
 }
 
 
@@ -76,7 +77,9 @@ def _stale_runs(min_age_s: float) -> list[Run]:
     with session() as s:
         return list(
             s.exec(
-                select(Run).where(Run.status == "running").where(col(Run.started_at) < cutoff)
+                select(Run)
+                .where(Run.status == RunStatus.RUNNING)
+                .where(col(Run.started_at) < cutoff)
             ).all()
         )
 
@@ -103,11 +106,13 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
             state = flow_run.state
             if state is None or not state.is_final():
                 continue
-            status = FINAL_STATUS.get(state.type.value, "crashed")
+            status = FINAL_STATUS.get(state.type.value, RunStatus.CRASHED)
             message = f"flow run ended as {state.name}" + (
                 f": {state.message}" if state.message else ""
             )
-            await close_run(run, flow_run, status, None if status == "succeeded" else message)
+            await close_run(
+                run, flow_run, status, None if status == RunStatus.SUCCEEDED else message
+            )
             changed.append((run.id, status))
     return changed
 
@@ -117,7 +122,7 @@ async def close_run(run: Run, flow_run: Any, status: str, error: str | None) -> 
     from ktlo.store import runs
 
     runs.finish_run(run.id, status, error=error)
-    if status == "crashed":
+    if status == RunStatus.CRASHED:
         await _maybe_retry(run, flow_run)
 
 

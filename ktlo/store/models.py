@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Connection, Text, text
 from sqlmodel import Field, SQLModel
 
+from ktlo.status import ApprovalStatus, RunStatus, RunTrigger
 from ktlo.store.db import MIGRATIONS
 
 
@@ -31,12 +32,8 @@ class Run(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=64)
     runbook: str = Field(index=True, max_length=128)
-    status: str = Field(
-        default="running", max_length=32
-    )  # running|succeeded|succeeded_with_errors|failed|crashed
-    trigger: str = Field(
-        default="manual", max_length=32
-    )  # manual|schedule|incident|subflow|deployment
+    status: str = Field(default=RunStatus.RUNNING, max_length=32)  # a RunStatus
+    trigger: str = Field(default=RunTrigger.MANUAL, max_length=32)  # a RunTrigger
     parent_run_id: str | None = Field(default=None, max_length=64)
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     started_at: datetime = Field(default_factory=utcnow, index=True)
@@ -53,7 +50,7 @@ class StepRun(SQLModel, table=True):
     step_id: str = Field(max_length=128)
     position: int = 0  # index of the step in the runbook
     uses: str = Field(max_length=128)
-    status: str = Field(max_length=32)  # succeeded|failed|skipped|not_run
+    status: str = Field(max_length=32)  # a StepStatus
     continued: bool = False  # failed, but on_failure: continue
     attempts: int = 0
     started_at: datetime | None = None
@@ -117,7 +114,7 @@ class Approval(SQLModel, table=True):
     step_id: str = Field(max_length=128)
     message: str = Field(sa_column=Column(Text))
     approvers: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    status: str = Field(default="pending", max_length=16)  # pending|approved|rejected|timed_out
+    status: str = Field(default=ApprovalStatus.PENDING, max_length=16)  # an ApprovalStatus
     requested_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
     decided_by: str | None = Field(default=None, max_length=128)

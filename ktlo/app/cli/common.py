@@ -9,17 +9,19 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+from ktlo.status import RunStatus, StepStatus
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-STATUS_STYLE = {
-    "succeeded": "green",
-    "succeeded_with_errors": "yellow",
-    "failed": "red",
-    "crashed": "red",
-    "running": "cyan",
-    "skipped": "dim",
-    "not_run": "dim",
+STATUS_STYLE: dict[str, str] = {
+    RunStatus.SUCCEEDED: "green",
+    RunStatus.SUCCEEDED_WITH_ERRORS: "yellow",
+    RunStatus.FAILED: "red",
+    RunStatus.CRASHED: "red",
+    RunStatus.RUNNING: "cyan",
+    StepStatus.SKIPPED: "dim",
+    StepStatus.NOT_RUN: "dim",
 }
 
 

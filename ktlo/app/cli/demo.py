@@ -8,6 +8,7 @@ import typer
 from rich.panel import Panel
 
 from ktlo.app.cli.common import console
+from ktlo.status import RunStatus
 
 REPO_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
 
@@ -84,5 +85,5 @@ def run_demo() -> None:
         "  ktlo server stop                            stop the local Prefect server",
         markup=True,
     )
-    if result["status"] != "succeeded":
+    if result["status"] != RunStatus.SUCCEEDED:
         raise typer.Exit(1)
