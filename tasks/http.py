@@ -16,8 +16,9 @@ import httpx
 from pydantic import Field, field_validator
 
 from ktlo.errors import StepFailed
-from ktlo.runbook.rendering import AsUrl, Rendering, host_allowed
+from ktlo.runbook.rendering import host_allowed
 from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.steps.renderings import AsUrl, Rendering
 
 MAX_BODY = 256 * 1024
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

@@ -25,9 +25,9 @@ from pydantic import Field, model_validator
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
-from ktlo.runbook.rendering import AsShell, AsWords, Rendering
 from ktlo.runbook.templating import is_template
 from ktlo.steps.registry import StepInput, StepOutput, step_task
+from ktlo.steps.renderings import AsShell, AsWords, Rendering
 
 HEAD_BYTES = 16 * 1024
 TAIL_BYTES = 48 * 1024

@@ -25,8 +25,9 @@ from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ktlo import secrets
-from ktlo.incidents.sources import Incident, matching_runbooks
+from ktlo.incidents.sources import matching_runbooks
 from ktlo.incidents.store import IncidentRecord, OutboxItem
+from ktlo.runbook.incident import Incident
 from ktlo.runbook.model import Runbook
 from ktlo.store import audit
 from ktlo.store.db import checkpoint_in_background, engine

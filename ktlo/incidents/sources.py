@@ -16,10 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ktlo.runbook.incident import Incident, Source, Status
 from ktlo.runbook.model import Runbook, Trigger
 
-Source = Literal["alertmanager", "grafana", "pagerduty", "generic"]
-Status = Literal["firing", "resolved"]
 MAX_TEXT = 4000
 
 
@@ -125,28 +124,6 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     "pagerduty": PagerDutyPayload,
     "generic": GenericPayload,
 }
-
-
-class Incident(BaseModel):
-    """One alert, whatever sent it. Runbooks see it as `incident` in templates."""
-
-    source: Source
-    key: str = Field(description="deduplication key: same key, same incident")
-    status: Status
-    severity: str | None = None
-    summary: str
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
-    url: str | None = None
-    raw: dict[str, Any] = Field(default_factory=dict)
-    truncated_alerts: int = Field(
-        default=0, description="alerts of its group the sender left out (Alertmanager max_alerts)"
-    )
-
-
-INCIDENT_FIELDS = (*Incident.model_fields, "id")
 
 
 def _digest(data: Any) -> str:

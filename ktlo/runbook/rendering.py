@@ -35,35 +35,9 @@ from ktlo.runbook.templating import (
     render,
     templates_in,
 )
+from ktlo.steps.renderings import AsShell, AsUrl, AsValue, AsWords, Rendering
 
 UNTRUSTED_ROOTS = frozenset({"incident", "steps"})
-
-
-@dataclass(frozen=True)
-class AsValue:
-    """The default: `"{{ x }}"` alone keeps its type, other text renders to a string."""
-
-
-@dataclass(frozen=True)
-class AsWords:
-    """An argv given as one string: split into words first, then each word rendered alone."""
-
-
-@dataclass(frozen=True)
-class AsShell:
-    """Shell source: `{{ }}` values go into the mapping field `variables` as env variables."""
-
-    variables: str
-
-
-@dataclass(frozen=True)
-class AsUrl:
-    """A URL: a host taken from untrusted data must be in the list field `allowed_hosts`."""
-
-    allowed_hosts: str
-
-
-Rendering = AsValue | AsWords | AsShell | AsUrl
 
 
 @dataclass(frozen=True)

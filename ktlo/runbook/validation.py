@@ -12,7 +12,7 @@ from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ValidationError
 
 from ktlo.errors import Problem
-from ktlo.incidents.sources import INCIDENT_FIELDS
+from ktlo.runbook.incident import INCIDENT_FIELDS
 from ktlo.runbook.model import Runbook
 from ktlo.runbook.params import params_model
 from ktlo.runbook.problems import pydantic_problems

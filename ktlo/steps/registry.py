@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ktlo import secrets
 from ktlo.errors import KtloError, StepFailed
-from ktlo.runbook.rendering import Rendering
 from ktlo.steps.context import get_step_context
+from ktlo.steps.renderings import Rendering
 
 ENTRY_POINT_GROUP = "ktlo.steps"
 
@@ -36,7 +36,7 @@ class StepInput(BaseModel):
 
     @classmethod
     def renderings(cls, raw: Mapping[str, Any]) -> Mapping[str, Rendering]:
-        """How `with:` fields are rendered when a plain value is not safe (ktlo.runbook.rendering).
+        """How `with:` fields are rendered when a plain value is not safe (ktlo.steps.renderings).
 
         `raw` is the step's `with:` as written, so the choice may depend on another literal
         field (a shell command is shell source only with `shell: true`).
