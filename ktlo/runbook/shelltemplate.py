@@ -23,11 +23,9 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, nodes, pass_context
-from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.runtime import Context
 
-from ktlo.errors import KtloError
-from ktlo.runbook.templating import ENV, TemplateError
+from ktlo.runbook.templating import ENV, TemplateError, template_errors
 
 VAR_PREFIX = "KTLO_ARG_"
 _SEPARATORS = frozenset(" \t\n;&|()<>")
@@ -373,13 +371,8 @@ def render_shell(template: str, context: dict[str, Any]) -> tuple[str, dict[str,
     values: list[str] = []
     token = _collected.set(values)
     try:
-        text = compiled.render(**context)
-    except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
-        raise TemplateError(f"{template!r}: {exc}") from None
-    except KtloError:
-        raise
-    except Exception as exc:
-        raise TemplateError(f"{template!r}: {type(exc).__name__}: {exc}") from None
+        with template_errors(repr(template)):
+            text = compiled.render(**context)
     finally:
         _collected.reset(token)
     return text, {f"{VAR_PREFIX}{i}": v for i, v in enumerate(values, 1)}

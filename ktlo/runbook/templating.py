@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -77,15 +78,22 @@ def _defined(value: Any) -> Any:
     return value
 
 
-def evaluate(expr: str, context: Mapping[str, Any]) -> Any:
+@contextmanager
+def template_errors(label: str) -> Iterator[None]:
+    """Any error while rendering becomes one TemplateError naming the template (`label`)."""
     try:
-        return _defined(_compiled_expression(expr)(**context))
+        yield
     except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
-        raise TemplateError(f"{{{{ {expr} }}}}: {exc}") from None
+        raise TemplateError(f"{label}: {exc}") from None
     except KtloError:
         raise
     except Exception as exc:
-        raise TemplateError(f"{{{{ {expr} }}}}: {type(exc).__name__}: {exc}") from None
+        raise TemplateError(f"{label}: {type(exc).__name__}: {exc}") from None
+
+
+def evaluate(expr: str, context: Mapping[str, Any]) -> Any:
+    with template_errors(f"{{{{ {expr} }}}}"):
+        return _defined(_compiled_expression(expr)(**context))
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:
@@ -96,14 +104,8 @@ def render(value: Any, context: Mapping[str, Any]) -> Any:
         expr = full_expression(value)
         if expr is not None:
             return evaluate(expr, context)
-        try:
+        with template_errors(repr(value)):
             return _compiled_template(value).render(**context)
-        except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
-            raise TemplateError(f"{value!r}: {exc}") from None
-        except KtloError:
-            raise
-        except Exception as exc:
-            raise TemplateError(f"{value!r}: {type(exc).__name__}: {exc}") from None
     if isinstance(value, dict):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):

@@ -17,6 +17,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso(ts: datetime | None) -> str | None:
+    """A stored time as JSON prints it: ISO 8601 in UTC with a `Z` (SQLite reads back naive)."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.isoformat().replace("+00:00", "Z")
+
+
 class SchemaVersion(SQLModel, table=True):
     __tablename__ = "ktlo_schema"
 

@@ -6,7 +6,6 @@ import asyncio
 import queue
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, and_, insert
@@ -16,7 +15,7 @@ from ktlo import secrets
 from ktlo.status import RunStatus
 from ktlo.store import audit
 from ktlo.store.db import engine, session
-from ktlo.store.models import Run, StepRun, utcnow
+from ktlo.store.models import Run, StepRun, iso, utcnow
 
 COALESCE_S = 0.05  # a step record is in the store at most this long after the step ends
 FINAL_STATUSES = tuple(s for s in RunStatus if s.final)
@@ -188,12 +187,6 @@ def last_runs() -> dict[str, Run]:
         return {run.runbook: run for run in s.exec(query).all()}
 
 
-def _iso(ts: datetime | None) -> str | None:
-    if ts is None:
-        return None
-    return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).isoformat()
-
-
 def step_json(step: StepRun) -> dict[str, Any]:
     """A step record as `ktlo run --json` and `ktlo history --json` print it (stable keys)."""
     return {
@@ -202,8 +195,8 @@ def step_json(step: StepRun) -> dict[str, Any]:
         "status": step.status,
         "continued": step.continued,
         "attempts": step.attempts,
-        "started_at": _iso(step.started_at),
-        "finished_at": _iso(step.finished_at),
+        "started_at": iso(step.started_at),
+        "finished_at": iso(step.finished_at),
         "duration_ms": step.duration_ms,
         "summary": step.summary,
         "error": step.error,

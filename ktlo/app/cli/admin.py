@@ -62,8 +62,9 @@ def audit_show(
     """The newest audit events."""
     from rich.table import Table
 
-    from ktlo.app.cli.common import iso, short_id
+    from ktlo.app.cli.common import short_id
     from ktlo.store.audit import events
+    from ktlo.store.models import iso
 
     rows = events(run_id=run_id, limit=limit)
     if as_json:

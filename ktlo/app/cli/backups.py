@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from ktlo.app.cli.common import ago, console, err_console, iso, print_json
+from ktlo.app.cli.common import ago, console, err_console, print_json
+from ktlo.store.models import iso
 
 backups_app = typer.Typer(help="The backup catalog.", no_args_is_help=True)
 T = TypeVar("T")

@@ -54,14 +54,6 @@ def ago(ts: datetime | None) -> str:
     return f"{seconds / 86400:.0f}d ago"
 
 
-def iso(ts: datetime | None) -> str | None:
-    if ts is None:
-        return None
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.isoformat().replace("+00:00", "Z")
-
-
 def duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""

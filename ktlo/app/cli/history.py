@@ -12,7 +12,6 @@ from ktlo.app.cli.common import (
     console,
     duration,
     fail,
-    iso,
     matches_id,
     print_json,
     short_id,
@@ -20,6 +19,7 @@ from ktlo.app.cli.common import (
 )
 from ktlo.status import StepStatus
 from ktlo.store import runs
+from ktlo.store.models import iso
 
 
 def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.app.cli.common import ago, console, fail, iso, print_json, short_id
+from ktlo.app.cli.common import ago, console, fail, print_json, short_id
+from ktlo.store.models import iso
 
 incidents_app = typer.Typer(
     help="Incidents received by the webhook receiver.", invoke_without_command=True

@@ -6,7 +6,8 @@ from typing import Any
 
 import typer
 
-from ktlo.app.cli.common import ago, console, iso, print_json
+from ktlo.app.cli.common import ago, console, print_json
+from ktlo.store.models import iso
 
 STATE_STYLE = {"OK": "green", "DEGRADED": "yellow", "FAILING": "bold red"}
 ORDER = {"FAILING": 0, "DEGRADED": 1, "OK": 2}
