@@ -26,7 +26,14 @@ from sqlalchemy.exc import IntegrityError
 
 from ktlo import secrets
 from ktlo.incidents.sources import matching_runbooks
-from ktlo.incidents.store import IncidentRecord, OutboxItem
+from ktlo.incidents.store import (
+    AckOutcome,
+    IncidentRecord,
+    IncidentStatus,
+    OutboxItem,
+    OutboxStatus,
+    WorkKind,
+)
 from ktlo.runbook.incident import Incident
 from ktlo.runbook.model import Runbook
 from ktlo.store import audit
@@ -44,7 +51,7 @@ RECHECK_S = 1.0  # how soon a changed runbook counts for new alerts
 class Ack:
     key: str
     id: str | None
-    outcome: str  # opened | repeat | resolved | unknown
+    outcome: AckOutcome
     runbooks: list[str] = field(default_factory=list)
 
 
@@ -124,7 +131,7 @@ class _Batch:
                 "kind": kind,
                 "target": target,
                 "payload": payload,
-                "status": "pending",
+                "status": OutboxStatus.PENDING,
                 "attempts": 0,
                 "next_attempt_at": now,
                 "created_at": now,
@@ -140,7 +147,7 @@ class _Batch:
                 "id": record_id,
                 "key": incident.key,
                 "source": incident.source,
-                "status": "open",
+                "status": IncidentStatus.OPEN,
                 "severity": incident.severity,
                 "summary": incident.summary,
                 "labels": incident.labels,
@@ -157,8 +164,8 @@ class _Batch:
         self.open[incident.key] = _Open(record_id, matched)
         params = incident_params(record_id, incident)
         for name in matched:
-            self.work(record_id, "start_run", name, params)
-        self.work(record_id, "event", "ktlo.incident.opened", params)
+            self.work(record_id, WorkKind.START_RUN, name, params)
+        self.work(record_id, WorkKind.EVENT, "ktlo.incident.opened", params)
         details: dict[str, Any] = {
             "incident_id": record_id,
             "summary": incident.summary,
@@ -169,7 +176,7 @@ class _Batch:
         self.events.append(
             audit.Entry("incident.opened", incident.key, details, actor=_actor(incident))
         )
-        return Ack(incident.key, record_id, "opened", matched)
+        return Ack(incident.key, record_id, AckOutcome.OPENED, matched)
 
     def resolve(self, known: _Open, incident: Incident) -> Ack:
         self.insert_opened()
@@ -178,18 +185,18 @@ class _Batch:
         self.conn.execute(
             update(_INCIDENTS)
             .where(_INCIDENTS.c.id == known.id)
-            .values(status="resolved", resolved_at=now, last_seen=now)
+            .values(status=IncidentStatus.RESOLVED, resolved_at=now, last_seen=now)
         )
         del self.open[incident.key]
         params = incident_params(known.id, incident)
-        self.work(known.id, "event", "ktlo.incident.resolved", params)
+        self.work(known.id, WorkKind.EVENT, "ktlo.incident.resolved", params)
         for name in known.matched:
-            self.work(known.id, "resolved_notice", name, params)
+            self.work(known.id, WorkKind.RESOLVED_NOTICE, name, params)
         details = {"incident_id": known.id, "summary": incident.summary}
         self.events.append(
             audit.Entry("incident.resolved", incident.key, details, actor=_actor(incident))
         )
-        return Ack(incident.key, known.id, "resolved", list(known.matched))
+        return Ack(incident.key, known.id, AckOutcome.RESOLVED, list(known.matched))
 
     def flush_repeats(self, known: _Open) -> None:
         if known.repeats:
@@ -209,11 +216,11 @@ class _Batch:
                     "incident.resolved_unknown", incident.key, actor=_actor(incident)
                 )
                 self.events.append(unknown)
-                return Ack(incident.key, None, "unknown")
+                return Ack(incident.key, None, AckOutcome.UNKNOWN)
             return self.resolve(known, incident)
         if known is not None:
             known.repeats += 1
-            return Ack(incident.key, known.id, "repeat", list(known.matched))
+            return Ack(incident.key, known.id, AckOutcome.REPEAT, list(known.matched))
         return self.open_incident(incident, runbooks)
 
     def finish(self) -> None:
@@ -231,7 +238,7 @@ def _actor(incident: Incident) -> str:
 
 def _open_incidents(conn: Connection, keys: set[str]) -> dict[str, _Open]:
     query = select(_INCIDENTS.c.key, _INCIDENTS.c.id, _INCIDENTS.c.matched).where(
-        _INCIDENTS.c.status == "open", _INCIDENTS.c.key.in_(sorted(keys))
+        _INCIDENTS.c.status == IncidentStatus.OPEN, _INCIDENTS.c.key.in_(sorted(keys))
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()

@@ -26,7 +26,7 @@ from sqlalchemy import Table, func, or_, select, update
 from ktlo import notify
 from ktlo.errors import KtloError
 from ktlo.incidents.intake import RunbookIndex
-from ktlo.incidents.store import OutboxItem
+from ktlo.incidents.store import OutboxItem, OutboxStatus, WorkKind
 from ktlo.orchestration.launch import NotDeployed, astart_runbook, deployment_id
 from ktlo.store import audit
 from ktlo.store.db import engine
@@ -133,7 +133,7 @@ class Dispatcher:
         with engine().begin() as conn:
             due = conn.execute(
                 select(*columns)
-                .where(t.c.status == "pending", t.c.next_attempt_at <= now, free)
+                .where(t.c.status == OutboxStatus.PENDING, t.c.next_attempt_at <= now, free)
                 .order_by(t.c.id)
                 .limit(batch)
             ).all()
@@ -164,7 +164,7 @@ class Dispatcher:
                     )
                 else:
                     values.update(
-                        status="failed" if o.failed else "done",
+                        status=OutboxStatus.FAILED if o.failed else OutboxStatus.DONE,
                         done_at=now,
                         result=o.result,
                         error=o.error,
@@ -198,9 +198,9 @@ class Dispatcher:
     async def process(self, item: Work) -> None:
         async with self._limit:
             try:
-                if item.kind == "start_run":
+                if item.kind == WorkKind.START_RUN:
                     await self._start_run(item)
-                elif item.kind == "resolved_notice":
+                elif item.kind == WorkKind.RESOLVED_NOTICE:
                     await asyncio.to_thread(self._notice, item)
                     await self._finish(Done(item, result="sent"))
                 else:
@@ -363,7 +363,7 @@ class Dispatcher:
                     log.warning("outbox: cannot read the store: %s", exc)
                     claimed = []
                 items = [i for i in claimed if i.id not in self._inflight]
-            events = [i for i in items if i.kind == "event"]
+            events = [i for i in items if i.kind == WorkKind.EVENT]
             if events:
                 self._spawn(self.emit_events(events), events)
             for item in items:
@@ -377,7 +377,9 @@ class Dispatcher:
     def pending(self) -> int:
         with engine().connect() as conn:
             count = conn.execute(
-                select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == "pending")
+                select(func.count())
+                .select_from(_OUTBOX)
+                .where(_OUTBOX.c.status == OutboxStatus.PENDING)
             ).scalar()
         return int(count or 0)
 

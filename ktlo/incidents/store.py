@@ -9,12 +9,41 @@ restarts. At most one *open* incident exists per key (a partial unique index), w
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from ktlo.store.models import utcnow
+
+
+class IncidentStatus(StrEnum):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class WorkKind(StrEnum):
+    """What an outbox item asks the dispatcher to do."""
+
+    START_RUN = "start_run"
+    EVENT = "event"
+    RESOLVED_NOTICE = "resolved_notice"
+
+
+class AckOutcome(StrEnum):
+    """What the receiver made of one alert."""
+
+    OPENED = "opened"
+    REPEAT = "repeat"
+    RESOLVED = "resolved"
+    UNKNOWN = "unknown"
 
 
 class IncidentRecord(SQLModel, table=True):
@@ -32,7 +61,7 @@ class IncidentRecord(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=36)
     key: str = Field(index=True, max_length=300)
     source: str = Field(max_length=32)
-    status: str = Field(default="open", max_length=16)  # open | resolved
+    status: str = Field(default=IncidentStatus.OPEN, max_length=16)  # an IncidentStatus
     severity: str | None = Field(default=None, max_length=64)
     summary: str = Field(sa_column=Column(Text))
     labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -54,10 +83,10 @@ class OutboxItem(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     incident_id: str = Field(index=True, max_length=36)
-    kind: str = Field(max_length=32)  # start_run | event | resolved_notice
+    kind: str = Field(max_length=32)  # a WorkKind
     target: str = Field(max_length=200)  # runbook name, or event name
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    status: str = Field(default="pending", index=True, max_length=16)  # pending | done | failed
+    status: str = Field(default=OutboxStatus.PENDING, index=True, max_length=16)  # an OutboxStatus
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow, index=True)
     claimed_until: datetime | None = None

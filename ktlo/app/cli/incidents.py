@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ktlo.app.cli.common import ago, console, fail, print_json, short_id
+from ktlo.incidents.store import IncidentStatus, OutboxStatus
 from ktlo.store.models import iso
 
 incidents_app = typer.Typer(
@@ -51,7 +52,7 @@ def list_incidents(
     with session() as s:
         query = select(IncidentRecord)
         if open_only:
-            query = query.where(IncidentRecord.status == "open")
+            query = query.where(IncidentRecord.status == IncidentStatus.OPEN)
         records = list(
             s.exec(query.order_by(col(IncidentRecord.first_seen).desc()).limit(limit)).all()
         )
@@ -65,7 +66,7 @@ def list_incidents(
     for column in ("key", "status", "severity", "summary", "runbooks", "repeats", "first seen"):
         table.add_column(column, overflow="fold")
     for r in records:
-        status = "[red]open[/]" if r.status == "open" else "[green]resolved[/]"
+        status = "[red]open[/]" if r.status == IncidentStatus.OPEN else "[green]resolved[/]"
         runbooks = ", ".join(r.matched) or "[yellow]none matched[/yellow]"
         table.add_row(
             r.key,
@@ -161,7 +162,7 @@ def show(
             detail = str(t["details"].get("error"))
         table.add_row(t["at"] or "", t["what"].removeprefix("incident."), detail)
     console.print(table)
-    waiting = [w for w in work if w.status == "pending"]
+    waiting = [w for w in work if w.status == OutboxStatus.PENDING]
     if waiting:
         console.print(
             f"[yellow]{len(waiting)} action(s) still queued (e.g. the Prefect API was down): "
