@@ -7,6 +7,7 @@ way, with the same message, wherever a runbook may write one.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -32,22 +33,29 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _command(value: str | list[str | int | float]) -> str | list[str | int | float]:
-    if (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
-        raise ValueError("command is empty")
-    return value
-
-
 TimeZone = Annotated[str, AfterValidator(_timezone)]
 HttpMethod = Annotated[
     Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"], BeforeValidator(_upper)
 ]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Command = Annotated[str | list[str | int | float], AfterValidator(_command)]
 
 
-def argv_of(command: str | list[str | int | float]) -> list[str]:
-    """A command as argv: a list as it is (numbers as text), a string split as a shell would."""
+CommandSpec = str | Sequence[str | int | float]
+
+
+def check_command(command: CommandSpec, shell: bool) -> None:
+    """The shape of a command field (a step's or a check's): raises ValueError when wrong."""
+    if shell and not isinstance(command, str):
+        raise ValueError("shell: true needs the command as a string")
+    if (isinstance(command, str) and not command.strip()) or not command:
+        raise ValueError("command is empty")
+
+
+def command_argv(command: CommandSpec, shell: bool) -> list[str]:
+    """A command as argv: run by `sh -c` with shell, a string split as a shell would, a list
+    as it is (numbers as text)."""
+    if shell:
+        return ["/bin/sh", "-c", str(command)]
     if isinstance(command, str):
         return shlex.split(command)
     return [str(part) for part in command]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import signal
 import time
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from pydantic import Field, model_validator
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
+from ktlo.fields import check_command, command_argv
 from ktlo.runbook.templating import is_template
 from ktlo.steps.registry import StepInput, StepOutput, step_task
 from ktlo.steps.renderings import AsShell, AsWords, Rendering
@@ -51,12 +51,7 @@ class ShellInput(StepInput):
 
     @model_validator(mode="after")
     def _shape(self) -> ShellInput:
-        if self.shell and not isinstance(self.command, str):
-            raise ValueError("shell: true needs the command as a string")
-        if isinstance(self.command, list) and not self.command:
-            raise ValueError("command is empty")
-        if isinstance(self.command, str) and not self.command.strip():
-            raise ValueError("command is empty")
+        check_command(self.command, self.shell)
         return self
 
     @classmethod
@@ -66,12 +61,7 @@ class ShellInput(StepInput):
         return {"command": AsWords()}
 
     def argv(self) -> list[str]:
-        if self.shell:
-            assert isinstance(self.command, str)
-            return ["/bin/sh", "-c", self.command]
-        if isinstance(self.command, str):
-            return shlex.split(self.command)
-        return [str(a) for a in self.command]
+        return command_argv(self.command, self.shell)
 
 
 class ShellOutput(StepOutput):

@@ -8,10 +8,11 @@ row stays as history. A deletion that fails puts the entry back to `complete`.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ktlo import secrets
 from ktlo.errors import StepFailed
+from ktlo.fields import TimeZone
 from ktlo.steps.registry import StepInput, StepOutput
 from ktlo.store import audit
 from ktlo.store.models import utcnow
@@ -22,18 +23,7 @@ from tasks.backup.catalog import destination_of
 class PruneInput(StepInput, retention.Policy):
     source: str | list[str] = Field(description="the source(s) to prune")
     dry_run: bool = Field(default=False, description="only report what would be removed")
-    timezone: str = Field(default="UTC", description="time zone of the hour/day/week buckets")
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {value!r}") from None
-        return value
+    timezone: TimeZone = Field(default="UTC", description="time zone of the hour/day/week buckets")
 
     def policy(self) -> retention.Policy:
         return retention.Policy.model_validate(

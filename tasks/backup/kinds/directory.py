@@ -25,6 +25,7 @@ from typing import Any
 import zstandard
 from pydantic import Field
 
+from ktlo import secrets
 from tasks.backup.kinds.base import BackupKind, Restored, Scratch, register, restoring
 from tasks.backup.model import (
     BackupError,
@@ -125,7 +126,7 @@ class Directory(BackupKind[DirectoryBackupInput, DirectoryRestoreInput, Outcome]
 
 def _tar_env() -> dict[str, str]:
     # Names are bytes to tar: a C locale stores them exactly as they are on disk.
-    return {**os.environ, "LC_ALL": "C"}
+    return {**secrets.child_environment(), "LC_ALL": "C"}
 
 
 def extract(entry: Backup, into: Path, job: Job) -> tuple[int, str]:

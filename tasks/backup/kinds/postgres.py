@@ -83,7 +83,7 @@ class PgServer:
         return make_conninfo("", **params)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = secrets.child_environment()
         if self.params.get("password"):
             env["PGPASSWORD"] = self.params["password"]
         return env

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import signal
 import time
 from typing import TYPE_CHECKING, Literal
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from ktlo import secrets
+from ktlo.fields import check_command, command_argv
 from tasks.health.checks.base import CheckBase, Facts
 from tasks.health.facts import elapsed_ms
 
@@ -42,17 +42,11 @@ class CommandCheck(CheckBase):
 
     @model_validator(mode="after")
     def _shape(self) -> CommandCheck:
-        if self.shell and not isinstance(self.command, str):
-            raise ValueError("shell: true needs the command as a string")
-        if not self.command:
-            raise ValueError("command is empty")
+        check_command(self.command, self.shell)
         return self
 
     def argv(self) -> list[str]:
-        if self.shell:
-            assert isinstance(self.command, str)
-            return ["/bin/sh", "-c", self.command]
-        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+        return command_argv(self.command, self.shell)
 
     def target(self) -> str:
         return self.command if isinstance(self.command, str) else " ".join(self.command)
