@@ -308,7 +308,7 @@ def test_an_append_that_rolls_back_anchors_nothing(store: str) -> None:
 
 def test_the_anchor_takes_concurrent_appenders(store: str) -> None:
     """Processes and threads append at once: every head is anchored once, on a line of its own."""
-    script = "from ktlo import audit\nfor i in range(40): audit.record('test.proc', str(i))"
+    script = "from ktlo.store import audit\nfor i in range(40): audit.record('test.proc', str(i))"
     procs = [
         subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), cwd=REPO)
         for _ in range(3)
