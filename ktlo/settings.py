@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     audit_anchor: Path | None = Field(
         default=None, description="append-only file of audit-chain heads (default HOME/audit.anchor)"
     )
+    inventory: Path | None = Field(
+        default=None, description="hosts inventory YAML (default inventory.yaml beside RUNBOOKS)"
+    )
+    clusters: Path | None = Field(
+        default=None, description="failover clusters YAML (default clusters.yaml beside RUNBOOKS)"
+    )
+    plans: Path | None = Field(
+        default=None, description="DR plans directory (default plans/ beside RUNBOOKS)"
+    )
 
     @cached_property
     def home_dir(self) -> Path:
@@ -55,6 +64,24 @@ class Settings(BaseSettings):
     @cached_property
     def runbooks_dir(self) -> Path:
         return self.runbooks.expanduser().resolve()
+
+    @cached_property
+    def plans_dir(self) -> Path:
+        if self.plans is not None:
+            return self.plans.expanduser().resolve()
+        return self.runbooks_dir.parent / "plans"
+
+    @cached_property
+    def inventory_path(self) -> Path:
+        if self.inventory is not None:
+            return self.inventory.expanduser().resolve()
+        return self.runbooks_dir.parent / "inventory.yaml"
+
+    @cached_property
+    def clusters_path(self) -> Path:
+        if self.clusters is not None:
+            return self.clusters.expanduser().resolve()
+        return self.runbooks_dir.parent / "clusters.yaml"
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,1 @@
+"""Hosts: the inventory and running commands on hosts over SSH (or locally), for any domain."""
