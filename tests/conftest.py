@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import Receiver, start_receiver
+from tests.labs.conftest_fleet import fleet, fleet_lab  # noqa: F401
 
 IN_CI = bool(os.environ.get("CI"))
 
