@@ -28,6 +28,7 @@ import asyncssh
 
 from ktlo import secrets
 from ktlo.hosts.inventory import Connection, Host
+from ktlo.processes import child_options
 
 __all__ = ["CommandResult", "HostRunner", "command_line"]
 
@@ -227,7 +228,7 @@ class HostRunner:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**secrets.child_environment(), **extra},
-            start_new_session=True,  # its own process group: a timeout kills all of it
+            **child_options(),  # its own process group: a timeout kills all of it
         )
         data = stdin.encode() if stdin is not None else None
         try:

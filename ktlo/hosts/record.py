@@ -1,0 +1,37 @@
+"""Every host action goes into the audit trail: one event per host, written in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ktlo.hosts.runner import CommandResult
+from ktlo.steps.context import get_step_context
+from ktlo.store import audit
+from ktlo.store.db import engine
+
+
+def audit_hosts(
+    action: str, results: Iterable[CommandResult], details: dict[str, Any] | None = None
+) -> None:
+    """Record `action` on each result's host, with its exit code or error (secrets masked)."""
+    ctx = get_step_context()
+    run_id = ctx.run_id if ctx is not None else None
+    entries = [
+        audit.Entry(
+            action,
+            r.host,
+            {
+                **(details or {}),
+                "exit_code": r.exit_code,
+                "error": r.error,
+                "duration_s": round(r.duration_s, 3),
+            },
+            run_id,
+            None,
+        )
+        for r in results
+    ]
+    if entries:
+        with engine().begin() as conn:
+            audit.record_many(entries, conn)

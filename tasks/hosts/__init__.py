@@ -1,0 +1,1 @@
+"""The hosts domain: running commands on inventory hosts as a step (`host.run`)."""
