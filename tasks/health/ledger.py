@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, tex
 from ktlo import secrets
 from ktlo.store import audit
 from ktlo.store.db import engine, session
+from tasks.health import rollup
 from tasks.health.checks import CheckBase
 from tasks.health.results import ConditionOutcome, Remediation
 from tasks.health.state import Health, Memory, Policy, Step, Suppression, advance
@@ -130,6 +131,7 @@ def record(scope: Scope, judged: list[Judged], now: datetime) -> list[Decision]:
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     events: list[tuple[str, dict[str, Any]]] = []
+    results: list[rollup.Result] = []
     with engine().begin() as conn:
         _lock(conn, scope)
         found = conn.execute(select(STATE).where(STATE.c.key.in_(keys))).mappings()
@@ -170,10 +172,12 @@ def record(scope: Scope, judged: list[Judged], now: datetime) -> list[Decision]:
             if step.changed:
                 _audit(conn, key, step, j, reason, scope)
             decisions[key] = Decision(j, key, step, reason, None, _remediation(row))
+            results.append(rollup.Result(key, j.health, kind == "maintenance", j.duration_ms))
         if inserts:
             conn.execute(insert(STATE), inserts)
         if updates:
             conn.execute(update(STATE).where(STATE.c.key == bindparam("b_key")), updates)
+        rollup.add(conn, results, now)  # the uptime history
         # The sweep defines its checks: state of checks removed from it goes too.
         conn.execute(
             delete(STATE).where(

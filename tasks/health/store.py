@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text
+from sqlalchemy import JSON, Column, Index, Row, Table, Text, case, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Field, SQLModel, col, select
 
 from ktlo.store.db import session
@@ -95,3 +96,74 @@ def recent_events(key: str | None = None, limit: int = 50) -> list[CheckEvent]:
         if key:
             query = query.where(CheckEvent.key == key)
         return list(s.exec(query.order_by(col(CheckEvent.id).desc()).limit(limit)).all())
+
+
+HOUR_S, DAY_S = 3600, 86400
+
+
+class CheckBucket(SQLModel, table=True):
+    """How one check's results went in one hour or one day: the uptime history.
+
+    Written by every sweep (`tasks.health.rollup`), one hourly and one daily row per check
+    per bucket, counters added up; old buckets are deleted (hourly after `HOURLY_KEEP_DAYS`,
+    daily after `DAILY_KEEP_DAYS`), so a check's history stays bounded however often it runs.
+    """
+
+    __tablename__ = "ktlo_check_bucket"
+    __table_args__ = (Index("ix_ktlo_check_bucket_span_start", "span_s", "start"),)
+
+    key: str = Field(primary_key=True, max_length=512)
+    span_s: int = Field(primary_key=True)  # HOUR_S or DAY_S
+    start: datetime = Field(primary_key=True)  # UTC, aligned to the span
+    ok: int = 0
+    degraded: int = 0
+    failing: int = 0
+    maintenance: int = 0  # results inside a maintenance window: not counted in uptime
+    ms_sum: float = 0.0
+    ms_max: float = 0.0
+    ms_n: int = 0
+
+
+BUCKET: Table = CheckBucket.__table__  # type: ignore[attr-defined]
+
+
+def buckets_since(span_s: int, start: datetime) -> list[Row[Any]]:
+    """Every check's buckets of one span from `start` on, by check and time."""
+    query = (
+        sa_select(BUCKET)
+        .where(BUCKET.c.span_s == span_s, BUCKET.c.start >= start)
+        .order_by(BUCKET.c.key, BUCKET.c.start)
+    )
+    with session() as s:
+        return list(s.connection().execute(query).all())
+
+
+def day_totals(since: dict[str, datetime]) -> dict[str, dict[str, tuple[int, int]]]:
+    """check key → window name → (results up, results counted), from daily buckets.
+
+    `since` names each window's first day, e.g. {"7d": …, "30d": …}. Summed by the
+    database: a page for 1,000 checks must not fetch 30,000 rows to add them up.
+    """
+    up = BUCKET.c.ok + BUCKET.c.degraded
+    counted = up + BUCKET.c.failing
+    columns = []
+    for start in since.values():
+        inside = BUCKET.c.start >= start
+        columns += [
+            func.sum(case((inside, up), else_=0)),
+            func.sum(case((inside, counted), else_=0)),
+        ]
+    query = (
+        sa_select(BUCKET.c.key, *columns)
+        .where(BUCKET.c.span_s == DAY_S, BUCKET.c.start >= min(since.values()))
+        .group_by(BUCKET.c.key)
+    )
+    with session() as s:
+        rows = s.connection().execute(query).all()
+    names = list(since)
+    return {
+        row[0]: {
+            n: (int(row[1 + 2 * i] or 0), int(row[2 + 2 * i] or 0)) for i, n in enumerate(names)
+        }
+        for row in rows
+    }
