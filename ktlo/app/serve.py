@@ -194,13 +194,16 @@ class Server:
         await self.runner.astop()
 
     def _start_webhook(self) -> list[asyncio.Task[Any]]:
+        from ktlo.app.dashboard.web import mount
         from ktlo.incidents.outbox import Dispatcher
         from ktlo.incidents.receiver import create_app, make_server
 
         self.dispatcher = Dispatcher(on_flow_run=self.submit)
         app = create_app(self.options.token, dispatcher=self.dispatcher)
+        mount(app.app, self.options.token)  # the dashboard, beside the receiver (inside its guard)
         self.receiver = make_server(app, self.options.host, self.options.port)
         log.info("webhook receiver on http://%s:%d/hooks/…", self.options.host, self.options.port)
+        log.info("dashboard on http://%s:%d/status", self.options.host, self.options.port)
         return [
             asyncio.create_task(self.dispatcher.run_forever()),
             asyncio.create_task(self.receiver.serve()),
