@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from ktlo.app.cli.common import ago, console, print_json
+from ktlo.app.cli.common import ago, console, fail, print_json
 from ktlo.store.models import iso
 
 STATE_STYLE = {"OK": "green", "DEGRADED": "yellow", "FAILING": "bold red"}
@@ -55,12 +56,22 @@ def _json(row: Any) -> dict[str, Any]:
 def status(
     runbook: str = typer.Option(None, "--runbook", "-r", help="only this runbook's checks"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    html: Path = typer.Option(
+        None, "--html", help="write the dashboard as one self-contained HTML file", dir_okay=False
+    ),
+    public: bool = typer.Option(
+        False, "--public", help="with --html: the public status page (names and states only)"
+    ),
 ) -> None:
     """The current state of every health check (worst first)."""
     from rich.markup import escape
     from rich.table import Table
 
     from tasks.health.store import current_states
+
+    if html is not None:
+        _write_html(html, public=public)
+        return
 
     rows = sorted(current_states(runbook), key=lambda r: (ORDER.get(r.state, 3), r.key))
     if as_json:
@@ -100,6 +111,20 @@ def status(
         f"{len(rows)} checks: {counts['OK']} OK, {counts['DEGRADED']} DEGRADED, "
         f"{counts['FAILING']} FAILING"
     )
+
+
+def _write_html(path: Path, *, public: bool) -> None:
+    from ktlo.app.dashboard import pages, render
+
+    if public:
+        text = render.public_html(pages.public_page(), refresh=False)
+    else:
+        text = render.operator_html(pages.operator_page(), refresh=False)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"--html {path}: {exc.strerror or exc}")
+    console.print(f"wrote {'the public status page' if public else 'the dashboard'} to {path}")
 
 
 def register(app: typer.Typer) -> None:
