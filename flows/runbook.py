@@ -21,9 +21,10 @@ from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from ktlo import notify, secrets
-from ktlo.engine.executor import Executor, Outcome, RunInfo
+from ktlo.engine.executor import Executor, Outcome, RunInfo, quiet_expected_failures
 from ktlo.engine.summary import markdown_summary, notification
 from ktlo.errors import KtloError, RunbookInvalid, StepFailed
+from ktlo.orchestration import crashes
 from ktlo.runbook.loader import find_runbook, load_runbook
 from ktlo.runbook.model import Runbook
 from ktlo.runbook.params import validate_params
@@ -37,8 +38,8 @@ MAX_DEPTH = 8
 nesting: ContextVar[int] = ContextVar("ktlo_runbook_nesting", default=0)
 
 
-class RunbookFailed(Exception):
-    """The run failed; the message says which step and why (already redacted)."""
+class RunbookFailed(KtloError):
+    """The run failed; the message says which step and why (already redacted, logged as one line)."""
 
 
 def _short_name(ref: str) -> str:
@@ -147,6 +148,7 @@ async def execute_runbook(
     second for a sweep of 1,000 checks. `run_result()` unwraps it.
     """
     secrets.install_log_redaction()
+    quiet_expected_failures()
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else "local"
     url = _flow_run_url(flow_run_id)
@@ -186,14 +188,17 @@ async def _execute(
         flow_run_id, rb.name, params=values, trigger=trigger, parent_run_id=parent_run_id, url=url
     )
     logger.info("Running runbook %s (%d steps, trigger: %s)", rb.name, len(rb.steps), trigger)
-    try:
-        outcome = await Executor(rb, values, info, incident=incident).run()
-    except BaseException as exc:
-        runs.finish_run(
-            flow_run_id, RunStatus.CRASHED, error=secrets.redact(f"{type(exc).__name__}: {exc}")
-        )
-        raise
-    runs.finish_run(flow_run_id, outcome.status, error=outcome.error)
+    with crashes.alive(flow_run_id):  # `ktlo history` sees at once if this process dies
+        try:
+            outcome = await Executor(rb, values, info, incident=incident).run()
+        except BaseException as exc:
+            runs.finish_run(
+                flow_run_id,
+                RunStatus.CRASHED,
+                error=secrets.redact(f"{type(exc).__name__}: {exc}"),
+            )
+            raise
+        runs.finish_run(flow_run_id, outcome.status, error=outcome.error)
     _publish_beside_final_state(rb, info, outcome)
     _notify(rb, info, outcome)
     if outcome.status == RunStatus.FAILED:

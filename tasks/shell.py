@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from ktlo import secrets
 from ktlo.errors import StepFailed
 from ktlo.fields import check_command, command_argv
+from ktlo.processes import child_options
 from ktlo.runbook.templating import is_template
 from ktlo.steps.registry import StepInput, StepOutput, step_task
 from ktlo.steps.renderings import AsShell, AsWords, Rendering
@@ -165,7 +166,7 @@ async def run_command(inputs: ShellInput) -> ShellOutput:
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd,
             env=env,
-            start_new_session=True,
+            **child_options(),
         )
     except FileNotFoundError:
         raise StepFailed(f"command not found: {argv[0]}") from None

@@ -11,6 +11,8 @@ record is written.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -35,6 +37,37 @@ from ktlo.store.models import StepRun, utcnow
 def template_env() -> dict[str, str]:
     """`env.<NAME>` in templates: the process environment minus ktlo's own secrets."""
     return {k: v for k, v in secrets.child_environment().items() if k != secrets.STORE_URL_ENV}
+
+
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (KtloError, TimeoutError)
+_quiet_installed = False
+
+
+def quiet_expected_failures() -> None:
+    """Log timeouts and step failures as one line: Prefect attaches a 60-line stack to them.
+
+    Their message says everything (the step, the reason); the stack only shows Prefect's
+    own frames. Other exceptions (bugs) keep theirs; with `KTLO_DEBUG=1` every one does.
+    """
+    global _quiet_installed
+    if _quiet_installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        info = record.exc_info
+        if (
+            info
+            and isinstance(info[1], EXPECTED_FAILURES)
+            and record.name.startswith("prefect.")
+            and not os.environ.get("KTLO_DEBUG")
+        ):
+            record.exc_info, record.exc_text = None, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _quiet_installed = True
 
 
 @dataclass

@@ -1,20 +1,31 @@
 """Runs whose process died: detected, recorded in ktlo's history, and retried when asked.
 
 Self-hosted Prefect servers do not mark the runs of dead processes as crashed by themselves
-(that automation is Cloud-only), so `ktlo serve` creates it: a flow run that stops sending
-heartbeats is set to Crashed. The reconciler then brings ktlo's own records in line with
-Prefect's states and, for runbooks with `retry_crashed: N`, starts a new run in its place.
+(that automation is Cloud-only), so ktlo creates it on every server it prepares: a flow run
+that stops sending heartbeats is set to Crashed. The reconciler then brings ktlo's own
+records in line with Prefect's states and, for runbooks with `retry_crashed: N`, starts a
+new run in its place. On the machine that ran it, a run's process holds a lock file while
+it runs (`alive`); the kernel releases it however the process dies, so `ktlo history` knows
+at once, without waiting for missed heartbeats. Task runs left Running by a crashed flow
+run are marked Crashed too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from sqlmodel import col, select
 
+from ktlo.orchestration.local_server import HEARTBEAT_S
+from ktlo.settings import get_settings
 from ktlo.status import RunStatus
 from ktlo.store import audit
 from ktlo.store.db import session
@@ -23,7 +34,6 @@ from ktlo.store.models import Run, utcnow
 log = logging.getLogger("ktlo.orchestration.crashes")
 
 ZOMBIE_AUTOMATION = "ktlo: mark flow runs without heartbeats as crashed"
-HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 FINAL_STATUS = {
     "CRASHED": RunStatus.CRASHED,
@@ -47,7 +57,7 @@ async def ensure_zombie_automation() -> None:
         pass
     await Automation(
         name=ZOMBIE_AUTOMATION,
-        description="Created by ktlo serve: a flow run whose process died stops sending heartbeats.",
+        description="Created by ktlo: a flow run whose process died stops sending heartbeats.",
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             after={"prefect.flow-run.heartbeat"},
@@ -70,6 +80,39 @@ async def ensure_zombie_automation() -> None:
             )
         ],
     ).acreate()
+
+
+def _lock_path(run_id: str) -> Path:
+    return get_settings().home_dir / "running" / f"{run_id}.lock"
+
+
+@contextlib.contextmanager
+def alive(run_id: str) -> Iterator[None]:
+    """Hold `run_id`'s lock file while this process runs it (released by the kernel on death)."""
+    path = _lock_path(run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # close-on-exec: children do not hold it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def died_here(run_id: str) -> bool:
+    """The process that ran `run_id` on this machine is gone: its lock file is there and free."""
+    try:
+        fd = os.open(_lock_path(run_id), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _stale_runs(min_age_s: float) -> list[Run]:
@@ -102,14 +145,19 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
             try:
                 flow_run = await client.read_flow_run(UUID(run.id))
             except (ObjectNotFound, ValueError):
+                flow_run = None
+            state = flow_run.state if flow_run is not None else None
+            if state is not None and state.is_final():
+                status = FINAL_STATUS.get(state.type.value, RunStatus.CRASHED)
+                message = f"flow run ended as {state.name}" + (
+                    f": {state.message}" if state.message else ""
+                )
+            elif died_here(run.id):
+                status, message = RunStatus.CRASHED, DIED
+                if flow_run is not None:
+                    await _set_crashed(client, flow_run.id, DIED)
+            else:
                 continue
-            state = flow_run.state
-            if state is None or not state.is_final():
-                continue
-            status = FINAL_STATUS.get(state.type.value, RunStatus.CRASHED)
-            message = f"flow run ended as {state.name}" + (
-                f": {state.message}" if state.message else ""
-            )
             await close_run(
                 run, flow_run, status, None if status == RunStatus.SUCCEEDED else message
             )
@@ -117,12 +165,49 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
     return changed
 
 
+DIED = "the process running it died"
+
+
+async def _set_crashed(client: Any, flow_run_id: UUID, message: str) -> None:
+    from prefect.states import Crashed
+
+    await client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+
+
+async def crash_task_runs(flow_run_id: UUID, message: str) -> int:
+    """Mark the task runs a crashed flow run left unfinished Crashed (Prefect leaves them Running)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = [StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED, StateType.PAUSED]
+    async with get_client() as client:
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished))
+            ),
+        )
+        for task_run in task_runs:
+            await client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+    return len(task_runs)
+
+
 async def close_run(run: Run, flow_run: Any, status: str, error: str | None) -> None:
     """Record how a run ended outside its own process; retry it if it crashed and may be."""
     from ktlo.store import runs
 
     runs.finish_run(run.id, status, error=error)
-    if status == RunStatus.CRASHED:
+    _lock_path(run.id).unlink(missing_ok=True)
+    if status == RunStatus.CRASHED and flow_run is not None:
+        await crash_task_runs(flow_run.id, f"its flow run crashed: {error or DIED}")
         await _maybe_retry(run, flow_run)
 
 

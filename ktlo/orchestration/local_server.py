@@ -29,6 +29,7 @@ from ktlo.settings import get_settings
 
 DEFAULT_PORT = 4200
 START_TIMEOUT_S = 120
+HEARTBEAT_S = 30  # Prefect's minimum; the zombie automation waits three of them
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def _alive(pid: int) -> bool:
 def _free_port(preferred: int | None) -> int:
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
+            # As the server binds: connections of a killed server in TIME_WAIT do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -160,10 +163,15 @@ def server_env(home: Path, port: int) -> dict[str, str]:
     return env
 
 
-def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo:
+def start(
+    port: int | None = DEFAULT_PORT, *, quiet: bool = False, keep_port: bool = True
+) -> ServerInfo:
     """Start the local server unless it is already up; returns where it listens.
 
-    `port` is tried first (the UI's usual 4200), else any free port; `None` for any free port.
+    A server that died (or was stopped) comes back on the port it had (runs, bookmarks and
+    workers know that address) unless `keep_port` is false; otherwise `port` is tried
+    first (the UI's usual 4200), else any free port; `None` for any free port. A new server is prepared like any other
+    (`ktlo.orchestration.prepare`): work pool and zombie-run automation.
     """
     with _start_lock():
         info = running()
@@ -171,7 +179,8 @@ def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo
             return info
         home = prefect_home()
         home.mkdir(parents=True, exist_ok=True)
-        chosen = _free_port(port)
+        previous = read_info()
+        chosen = _free_port(previous.port if previous is not None and keep_port else port)
         log_path = home / "server.log"
         if not quiet:
             print(
@@ -198,6 +207,7 @@ def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo
                     + " | ".join(tail)
                 )
             if _serves(info, timeout=0.5):
+                _prepare(info)
                 _state_file().write_text(
                     json.dumps({"pid": info.pid, "port": info.port, "home": info.home})
                 )
@@ -209,10 +219,25 @@ def start(port: int | None = DEFAULT_PORT, *, quiet: bool = False) -> ServerInfo
         )
 
 
+def _prepare(info: ServerInfo) -> None:
+    """Work pool and zombie automation, in a child process: this one may not import Prefect."""
+    env = {**os.environ, "PREFECT_API_URL": info.api_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "ktlo.orchestration.prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise KtloError(f"could not prepare the local Prefect server: {tail}")
+
+
 def stop() -> ServerInfo | None:
+    """Stop the local server; its port is kept for the next start."""
     info = read_info()
     if info is None or not _alive(info.pid):
-        _state_file().unlink(missing_ok=True)
         return None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, signal.SIGTERM)
@@ -222,7 +247,6 @@ def stop() -> ServerInfo | None:
     if _alive(info.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGKILL)
-    _state_file().unlink(missing_ok=True)
     return info
 
 
@@ -231,15 +255,19 @@ def ensure_api(*, quiet: bool = False) -> str:
 
     Sets the environment (for child processes and a later `import prefect`) and, when Prefect
     is already imported, its process-wide settings too.
+    Flow runs started here send heartbeats, so a run whose process is killed is marked
+    Crashed by the server's zombie automation (`ktlo.orchestration.crashes`).
     """
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
     configured = os.environ.get("PREFECT_API_URL")
     if configured:
-        return configured
-    info = start(quiet=quiet)
-    os.environ["PREFECT_API_URL"] = info.api_url
+        api_url = configured
+    else:
+        api_url = start(quiet=quiet).api_url
+        os.environ["PREFECT_API_URL"] = api_url
     if "prefect.context" in sys.modules:
-        _apply_to_loaded_prefect(info.api_url)
-    return info.api_url
+        _apply_to_loaded_prefect(api_url)
+    return api_url
 
 
 def _apply_to_loaded_prefect(api_url: str) -> None:

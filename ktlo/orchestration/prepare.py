@@ -39,3 +39,9 @@ async def prepare(pool: str = WORK_POOL) -> list[str]:
     await ensure_zombie_automation()
     done.append("zombie-run automation in place (runs without heartbeats are marked Crashed)")
     return done
+
+
+if __name__ == "__main__":  # run by `local_server.start` against the server it just started
+    import asyncio
+
+    asyncio.run(prepare())

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Protocol
 
 from ktlo import secrets
+from ktlo.processes import child_options
 from tasks.backup.crypto import Encryptor
 from tasks.backup.destinations import Writer
 from tasks.backup.model import BackupError
@@ -179,7 +180,7 @@ class Tool:
                 stderr=subprocess.PIPE,
                 env=env,
                 cwd=cwd,
-                start_new_session=True,
+                **child_options(),
             )
         except FileNotFoundError:
             raise BackupError(f"'{argv[0]}' is not installed (or not on PATH)") from None

@@ -152,7 +152,7 @@ def server_start(port: int = typer.Option(None, help="port (default 4200 or a fr
     """Start the local Prefect server (if it is not running)."""
     from ktlo.orchestration import local_server
 
-    info = local_server.start(port or local_server.DEFAULT_PORT)
+    info = local_server.start(port or local_server.DEFAULT_PORT, keep_port=port is None)
     console.print(f"Prefect server running: UI {info.ui_url}  API {info.api_url}  (pid {info.pid})")
 
 

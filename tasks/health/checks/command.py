@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from ktlo import secrets
 from ktlo.fields import check_command, command_argv
+from ktlo.processes import child_options
 from tasks.health.checks.base import CheckBase, Facts
 from tasks.health.facts import elapsed_ms
 
@@ -60,7 +61,7 @@ class CommandCheck(CheckBase):
             stderr=asyncio.subprocess.PIPE,
             cwd=os.path.expanduser(self.cwd) if self.cwd else None,
             env={**secrets.child_environment(), **self.env},  # never ktlo's own secrets
-            start_new_session=True,  # its own process group, killed as a whole on timeout
+            **child_options(),  # own process group (killed as a whole on timeout), dies with ktlo
         )
         try:
             out, err, _ = await asyncio.gather(_read(proc.stdout), _read(proc.stderr), proc.wait())

@@ -1,0 +1,42 @@
+"""How ktlo starts the processes a step runs (shell commands, command checks, backup tools).
+
+Each gets its own process group, so a timeout or cancellation kills everything it started,
+and is killed by the kernel when the ktlo process that started it dies (`kill -9` of
+`ktlo run`, a crashed flow-run process): without that, a `sleep 3600` outlives its run with
+parent 1 and nobody waits for it. Linux's parent-death signal (prctl PR_SET_PDEATHSIG) is
+set in the child between fork and exec. It reaches the direct child only: a command that
+forks (a `shell: true` pipeline) loses its own children's guard, as with any supervisor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+
+try:
+    _prctl: Any = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: a process group only
+    _prctl = None
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child, after fork, before exec
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def child_options() -> dict[str, Any]:
+    """Keyword arguments for `subprocess.Popen` / `asyncio.create_subprocess_exec`."""
+    options: dict[str, Any] = {"start_new_session": True}
+    if _prctl is not None:
+        options["preexec_fn"] = _die_with(os.getpid())
+    return options
