@@ -107,7 +107,8 @@ def test_a_store_from_before_head_macs_is_upgraded_and_sealed(
     verdict = audit.verify()
     assert verdict.ok, verdict.message
     with engine().connect() as conn:
-        assert conn.exec_driver_sql("SELECT MAX(version) FROM ktlo_schema").scalar() == 2
+        versions = {row[0] for row in conn.exec_driver_sql("SELECT version FROM ktlo_schema")}
+    assert 2 in versions
     audit_anchor.path().unlink()
     cut_tail(2)
     assert audit.verify().message.startswith("audit head (row 2) has a bad MAC")

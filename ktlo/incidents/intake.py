@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ktlo import secrets
-from ktlo.incidents.sources import matching_runbooks
+from ktlo.incidents.sources import matching_runbooks, occurrence
 from ktlo.incidents.store import (
     AckOutcome,
     IncidentRecord,
@@ -101,7 +102,18 @@ class _Open:
 
     id: str
     matched: list[str]
+    starts_at: datetime | None = None
     repeats: int = 0
+
+    def older_than(self, incident: Incident) -> bool:
+        """The alert is a later occurrence than this incident (both say when they began)."""
+        stamp = occurrence(incident)
+        return self.starts_at is not None and stamp is not None and stamp > self.starts_at
+
+    def newer_than(self, incident: Incident) -> bool:
+        """The alert belongs to an earlier occurrence than this incident."""
+        stamp = occurrence(incident)
+        return self.starts_at is not None and stamp is not None and stamp < self.starts_at
 
 
 @dataclass
@@ -138,10 +150,13 @@ class _Batch:
             }
         )
 
-    def open_incident(self, incident: Incident, runbooks: list[Runbook]) -> Ack:
+    def open_incident(
+        self, incident: Incident, runbooks: list[Runbook], supersedes: str | None = None
+    ) -> Ack:
         matched = [rb.name for rb in matching_runbooks(runbooks, incident)]
         now = utcnow()
         record_id = str(uuid.uuid4())
+        starts_at = occurrence(incident)
         self.opened.append(
             {
                 "id": record_id,
@@ -156,12 +171,13 @@ class _Batch:
                 "matched": matched,
                 "repeats": 0,
                 "first_seen": now,
+                "starts_at": starts_at,
                 "last_seen": now,
                 "resolved_at": None,
                 "raw": secrets.redact(incident.raw),
             }
         )
-        self.open[incident.key] = _Open(record_id, matched)
+        self.open[incident.key] = _Open(record_id, matched, starts_at)
         params = incident_params(record_id, incident)
         for name in matched:
             self.work(record_id, WorkKind.START_RUN, name, params)
@@ -173,6 +189,8 @@ class _Batch:
         }
         if incident.truncated_alerts:
             details["truncated_alerts"] = incident.truncated_alerts
+        if supersedes:
+            details["supersedes"] = supersedes
         self.events.append(
             audit.Entry("incident.opened", incident.key, details, actor=_actor(incident))
         )
@@ -198,6 +216,34 @@ class _Batch:
         )
         return Ack(incident.key, known.id, AckOutcome.RESOLVED, list(known.matched))
 
+    def supersede(self, known: _Open, incident: Incident) -> None:
+        """Close an open incident that a later occurrence of its alert replaces: the
+        resolution of the old one never came, and the new one must start its runbooks."""
+        self.insert_opened()
+        self.flush_repeats(known)
+        now = utcnow()
+        self.conn.execute(
+            update(_INCIDENTS)
+            .where(_INCIDENTS.c.id == known.id)
+            .values(status=IncidentStatus.SUPERSEDED, resolved_at=now, last_seen=now)
+        )
+        del self.open[incident.key]
+        self.work(
+            known.id,
+            WorkKind.EVENT,
+            "ktlo.incident.superseded",
+            incident_params(known.id, incident),
+        )
+        stamp = occurrence(incident)
+        details = {
+            "incident_id": known.id,
+            "summary": incident.summary,
+            "by_starts_at": stamp.isoformat() if stamp else None,
+        }
+        self.events.append(
+            audit.Entry("incident.superseded", incident.key, details, actor=_actor(incident))
+        )
+
     def flush_repeats(self, known: _Open) -> None:
         if known.repeats:
             self.insert_opened()
@@ -217,7 +263,17 @@ class _Batch:
                 )
                 self.events.append(unknown)
                 return Ack(incident.key, None, AckOutcome.UNKNOWN)
+            if known.newer_than(incident):  # a late resolution of an earlier occurrence
+                details = {"incident_id": known.id, "note": "resolution of an earlier occurrence"}
+                stale = audit.Entry(
+                    "incident.resolved_stale", incident.key, details, actor=_actor(incident)
+                )
+                self.events.append(stale)
+                return Ack(incident.key, known.id, AckOutcome.UNKNOWN, list(known.matched))
             return self.resolve(known, incident)
+        if known is not None and known.older_than(incident):
+            self.supersede(known, incident)
+            return self.open_incident(incident, runbooks, supersedes=known.id)
         if known is not None:
             known.repeats += 1
             return Ack(incident.key, known.id, AckOutcome.REPEAT, list(known.matched))
@@ -237,12 +293,23 @@ def _actor(incident: Incident) -> str:
 
 
 def _open_incidents(conn: Connection, keys: set[str]) -> dict[str, _Open]:
-    query = select(_INCIDENTS.c.key, _INCIDENTS.c.id, _INCIDENTS.c.matched).where(
-        _INCIDENTS.c.status == IncidentStatus.OPEN, _INCIDENTS.c.key.in_(sorted(keys))
+    t = _INCIDENTS
+    query = select(t.c.key, t.c.id, t.c.matched, t.c.starts_at).where(
+        t.c.status == IncidentStatus.OPEN, t.c.key.in_(sorted(keys))
     )
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    return {key: _Open(id_, list(matched or [])) for key, id_, matched in conn.execute(query)}
+    return {
+        key: _Open(id_, list(matched or []), _utc(starts_at))
+        for key, id_, matched, starts_at in conn.execute(query)
+    }
+
+
+def _utc(stamp: datetime | None) -> datetime | None:
+    """A stored time as aware UTC (SQLite reads it back naive)."""
+    if stamp is None or stamp.tzinfo is not None:
+        return stamp
+    return stamp.replace(tzinfo=UTC)
 
 
 Request = tuple[Sequence[Incident], list[Runbook]]

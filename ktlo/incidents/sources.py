@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -108,6 +108,11 @@ class GenericPayload(Lenient):
     status: Status = "firing"
     severity: str | None = None
     dedup_key: str | None = Field(default=None, max_length=255)
+    starts_at: datetime | None = Field(
+        default=None,
+        description="when this occurrence began: a later one than the open incident's is a "
+        "new occurrence (the old incident is closed as superseded)",
+    )
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     url: str | None = None
@@ -169,7 +174,8 @@ def normalise(source: str, payload: BaseModel) -> list[Incident]:
     if isinstance(payload, PagerDutyPayload):
         return [_pagerduty(payload)]
     if isinstance(payload, GenericPayload):
-        key = payload.dedup_key or _digest(payload.model_dump(mode="json", exclude={"status"}))
+        identity = payload.model_dump(mode="json", exclude={"status", "starts_at"})
+        key = payload.dedup_key or _digest(identity)
         return [
             Incident(
                 source="generic",
@@ -179,6 +185,7 @@ def normalise(source: str, payload: BaseModel) -> list[Incident]:
                 summary=_clip(payload.summary),
                 labels=payload.labels,
                 annotations=payload.annotations,
+                starts_at=payload.starts_at,
                 url=payload.url,
                 raw=payload.model_dump(mode="json", by_alias=True),
             )
@@ -211,6 +218,21 @@ def _pagerduty(p: PagerDutyPayload) -> Incident:
         url=next((str(link.get("href")) for link in p.links if link.get("href")), None),
         raw=p.model_dump(mode="json", by_alias=True, exclude={"routing_key"}),
     )
+
+
+def occurrence(incident: Incident) -> datetime | None:
+    """When this occurrence of the alert began, in UTC, where the sender says so.
+
+    Alertmanager and Grafana send `startsAt`, the same on every repeat of one firing and
+    later for a new firing of the same fingerprint; the generic source takes `starts_at`.
+    PagerDuty's `payload.timestamp` is the time of each event, not of the occurrence, so it
+    counts for nothing here: a PagerDuty sender starts a new occurrence with a new
+    `dedup_key` (or a `resolve` first).
+    """
+    if incident.source == "pagerduty" or incident.starts_at is None:
+        return None
+    stamp = incident.starts_at
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def _value(incident: Incident, field: str) -> str | None:

@@ -15,18 +15,25 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+from ktlo.store.db import MIGRATIONS, add_column
 from ktlo.store.models import utcnow
 
 
 class IncidentStatus(StrEnum):
     OPEN = "open"
     RESOLVED = "resolved"
+    # A later occurrence of the same alert arrived (a later `startsAt`) while this one was
+    # still open: its resolution was never sent (e.g. Alertmanager restarted without state).
+    SUPERSEDED = "superseded"
 
 
 class OutboxStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+    # Refused for good (a permanent 4xx from the Prefect API): never retried, shown by
+    # `ktlo incidents` and `/healthz` until someone looks.
+    DEAD = "dead"
 
 
 class WorkKind(StrEnum):
@@ -70,6 +77,8 @@ class IncidentRecord(SQLModel, table=True):
     matched: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     repeats: int = 0
     first_seen: datetime = Field(default_factory=utcnow, index=True)
+    # When the sender says this occurrence began (`ktlo.incidents.sources.occurrence`).
+    starts_at: datetime | None = None
     last_seen: datetime = Field(default_factory=utcnow)
     resolved_at: datetime | None = None
     raw: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
@@ -94,3 +103,6 @@ class OutboxItem(SQLModel, table=True):
     done_at: datetime | None = None
     result: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+MIGRATIONS.append((3, "ktlo_incident.starts_at", add_column("ktlo_incident", "starts_at")))

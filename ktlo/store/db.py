@@ -39,6 +39,23 @@ def writer_lock(eng: Engine) -> threading.Lock | None:
 
 # Ordered schema migrations after the initial `create_all`: (version, description, fn).
 Migration = tuple[int, str, Callable[[Connection], None]]
+
+
+def add_column(table: str, column: str) -> Callable[[Connection], None]:
+    """A migration adding a nullable column declared on a model to a store made before it
+    (a table that `create_all` just made has it already)."""
+
+    def migrate(conn: Connection) -> None:
+        if column in {c["name"] for c in inspect(conn).get_columns(table)}:
+            return
+        declared = SQLModel.metadata.tables[table].c[column]
+        kind = declared.type.compile(dialect=conn.dialect)
+        conn.execute(text(f'ALTER TABLE {table} ADD COLUMN "{column}" {kind}'))
+
+    return migrate
+
+
+# Each table module appends its own, with the next free version number.
 MIGRATIONS: list[Migration] = []
 
 
@@ -201,7 +218,7 @@ def _migrate(eng: Engine) -> None:
                 {"v": latest, "d": "initial schema", "at": utcnow()},
             )
             return
-        for version, description, fn in MIGRATIONS:
+        for version, description, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
             if version > current:
                 fn(conn)
                 conn.execute(

@@ -11,6 +11,11 @@ from ktlo.app.cli.common import ago, console, fail, print_json, short_id
 from ktlo.incidents.store import IncidentStatus, OutboxStatus
 from ktlo.store.models import iso
 
+INCIDENT_STYLE: dict[str, str] = {
+    IncidentStatus.OPEN: "red",
+    IncidentStatus.RESOLVED: "green",
+    IncidentStatus.SUPERSEDED: "dim",
+}
 incidents_app = typer.Typer(
     help="Incidents received by the webhook receiver.", invoke_without_command=True
 )
@@ -66,7 +71,7 @@ def list_incidents(
     for column in ("key", "status", "severity", "summary", "runbooks", "repeats", "first seen"):
         table.add_column(column, overflow="fold")
     for r in records:
-        status = "[red]open[/]" if r.status == IncidentStatus.OPEN else "[green]resolved[/]"
+        status = f"[{INCIDENT_STYLE.get(r.status, 'white')}]{r.status}[/]"
         runbooks = ", ".join(r.matched) or "[yellow]none matched[/yellow]"
         table.add_row(
             r.key,
