@@ -40,50 +40,80 @@ def check_runbook(runbook: Runbook) -> list[Problem]:
     return sorted(checker.problems, key=lambda p: (p.line, p.message))
 
 
-def ancestors(deps: dict[str, list[str]]) -> dict[str, set[str]]:
-    """Every step that finishes before each step (transitively), ignoring unknown edges."""
-    memo: dict[str, set[str]] = {}
+class Ancestry:
+    """Which steps finish before which (transitively), ignoring unknown edges.
 
-    def visit(node: str, trail: frozenset[str]) -> set[str]:
-        if node in memo:
-            return memo[node]
-        found: set[str] = set()
-        for dep in deps.get(node, []):
-            if dep in deps and dep not in trail:
-                found.add(dep)
-                found |= visit(dep, trail | {dep})
-        memo[node] = found
-        return found
+    Each step's ancestors are one integer used as a bit set, built in topological order:
+    a set of names per step made validation quadratic in memory (467 MB for 4,000 steps in
+    file order, where each step has every earlier one as an ancestor).
+    """
 
-    return {node: visit(node, frozenset({node})) for node in deps}
+    def __init__(self, deps: dict[str, list[str]]):
+        self._bit = {node: 1 << i for i, node in enumerate(deps)}
+        edges = {
+            node: [d for d in dict.fromkeys(needs) if d in deps and d != node]
+            for node, needs in deps.items()
+        }
+        self._mask: dict[str, int] = {}
+        order = _topological(edges)
+        placed = set(order)
+        order += [node for node in deps if node not in placed]  # on a cycle: as far as known
+        for node in order:
+            mask = 0
+            for dep in edges[node]:
+                mask |= self._bit[dep] | self._mask.get(dep, 0)
+            self._mask[node] = mask
+
+    def before(self, target: str, step: str) -> bool:
+        """`target` is guaranteed to finish before `step` starts."""
+        bit = self._bit.get(target)
+        return bit is not None and bool(self._mask.get(step, 0) & bit)
+
+
+def _topological(edges: dict[str, list[str]]) -> list[str]:
+    """Kahn's order of the nodes not on a cycle (dependencies first)."""
+    waiting = {node: len(deps) for node, deps in edges.items()}
+    users: dict[str, list[str]] = {node: [] for node in edges}
+    for node, deps in edges.items():
+        for dep in deps:
+            users[dep].append(node)
+    ready = [node for node, count in waiting.items() if count == 0]
+    order: list[str] = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for user in users[node]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    return order
 
 
 def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a path that ends where it starts, or None (iterative: a chain
+    of thousands of steps is deeper than Python's recursion limit)."""
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(deps, white)
-    stack: list[str] = []
-
-    def dfs(node: str) -> list[str] | None:
-        colour[node] = grey
-        stack.append(node)
-        for dep in deps.get(node, []):
+    for root in deps:
+        if colour[root] != white:
+            continue
+        stack: list[str] = [root]
+        pending = [iter(deps.get(root, []))]
+        colour[root] = grey
+        while pending:
+            dep = next(pending[-1], None)
+            if dep is None:
+                colour[stack.pop()] = black
+                pending.pop()
+                continue
             if dep not in colour:
                 continue
             if colour[dep] == grey:
                 return [*stack[stack.index(dep) :], dep]
             if colour[dep] == white:
-                found = dfs(dep)
-                if found:
-                    return found
-        stack.pop()
-        colour[node] = black
-        return None
-
-    for node in deps:
-        if colour[node] == white:
-            cycle = dfs(node)
-            if cycle:
-                return cycle
+                colour[dep] = grey
+                stack.append(dep)
+                pending.append(iter(deps.get(dep, [])))
     return None
 
 
@@ -104,7 +134,7 @@ class _Checker:
         self.src = source
         self.problems: list[Problem] = []
         self.deps = runbook.dependencies()
-        self.ancestors = ancestors(self.deps)
+        self.ancestry = Ancestry(self.deps)
         self.step_ids = [s.id for s in runbook.steps]
 
     def add(self, loc: Loc, message: str) -> None:
@@ -236,7 +266,7 @@ class _Checker:
             hint = difflib.get_close_matches(target, self.step_ids, n=1)
             extra = f" (did you mean '{hint[0]}'?)" if hint else ""
             return f"template uses unknown step '{target}'{extra}"
-        if target == step_id or target not in self.ancestors.get(step_id, set()):
+        if target == step_id or not self.ancestry.before(target, step_id):
             return (
                 f"step '{step_id}' uses the result of step '{target}', which is not "
                 f"guaranteed to run before it: add '{target}' to its needs"
