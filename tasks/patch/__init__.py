@@ -1,0 +1,1 @@
+"""The patch domain: scan hosts for updates, approve them by baseline, roll them out safely."""

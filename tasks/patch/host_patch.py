@@ -1,0 +1,244 @@
+"""Patching one host: check the plan, record versions, install, reboot, gate, roll back.
+
+Every step has a timeout (the runner's remote `timeout`), so nothing here can hang: a prompt,
+a held dpkg lock or a dead sshd ends as a failed step with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ktlo.hosts.inventory import Host
+from ktlo.hosts.record import audit_hosts
+from ktlo.hosts.runner import CommandResult, HostRunner
+from ktlo.store.models import utcnow
+from tasks.patch import scan as scanning
+from tasks.patch import store
+from tasks.patch.gate import run_gate
+from tasks.patch.model import Outcome, Update
+from tasks.patch.providers import ProviderBase
+
+if TYPE_CHECKING:
+    from tasks.patch.rollout import RolloutInput
+
+
+@dataclass
+class HostReport:
+    """What happened on one host (a row of the rollout's table and output)."""
+
+    host: str
+    outcome: Outcome = Outcome.NOT_STARTED
+    batch: int | None = None
+    planned: list[str] = field(default_factory=list)
+    installed: list[str] = field(default_factory=list)
+    restored: dict[str, str] = field(default_factory=dict)
+    rebooted: bool = False
+    health: str = ""
+    error: str | None = None
+    remote_s: float = 0.0
+
+    @property
+    def counts_failed(self) -> bool:
+        return self.outcome in (Outcome.FAILED, Outcome.ROLLED_BACK)
+
+
+@dataclass
+class Shared:
+    """What the hosts of one rollout share: the runner, the reboot slots, the run id."""
+
+    runner: HostRunner
+    reboots: asyncio.Semaphore
+    run_id: str
+
+
+def _audit(action: str, host: str, done: CommandResult | None, **details: object) -> None:
+    result = done or CommandResult(host, 0, "", "", 0.0, None)
+    audit_hosts(action, [result], dict(details))
+
+
+class HostPatch:
+    def __init__(self, host: Host, inputs: RolloutInput, shared: Shared, report: HostReport):
+        self.host = host
+        self.inputs = inputs
+        self.shared = shared
+        self.report = report
+        self.restore: dict[tuple[str, str], str] = {}
+        self.providers: dict[str, ProviderBase] = {
+            p.name_of(): p.for_host(host) for p in inputs.providers
+        }
+
+    async def run(self) -> HostReport:
+        started = time.monotonic()
+        held = store.acquire(self.host.name, self.shared.run_id, self.inputs.lock_ttl_s)
+        if held is not None:
+            self._end(Outcome.SKIPPED, f"another rollout ({held}) is working on this host")
+            return self.report
+        try:
+            await self._patch()
+        except Exception as exc:  # one host's surprise never stops the others: recorded
+            self._end(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+        finally:
+            store.release(self.host.name, self.shared.run_id)
+            self.report.remote_s = time.monotonic() - started
+            store.save_state(
+                self.host.name,
+                outcome=str(self.report.outcome),
+                outcome_run_id=self.shared.run_id,
+                **({"state": "Failed"} if self.report.counts_failed else {}),
+                **({"error": self.report.error} if self.report.error else {}),
+            )
+        return self.report
+
+    def _end(self, outcome: Outcome, error: str | None = None) -> None:
+        self.report.outcome = outcome
+        self.report.error = error
+
+    async def _patch(self) -> None:
+        stored = store.last_scans([self.host.name]).get(self.host.name)
+        if stored is None:
+            return self._end(Outcome.FAILED, "never scanned: run patch.scan first")
+        pending = [Update.model_validate(u) for u in stored.pending]
+        approved, _ = self.inputs.baseline.approve(pending, store.first_seen(), utcnow())
+        self.report.planned = [u.pin for u in approved]
+        if not approved:
+            return self._end(Outcome.SKIPPED)  # compliant: nothing approved is pending
+        runner, timeout = self.shared.runner, self.inputs.command_timeout_s
+        now = await scanning.probe(
+            runner, self.host, list(self.inputs.providers), self.inputs.root, timeout
+        )
+        if now.error is not None:
+            return self._end(Outcome.FAILED, now.error)
+        if now.plan_hash != stored.plan_hash:
+            _audit("patch.refused", self.host.name, None, reason="plan changed since scan")
+            return self._end(
+                Outcome.FAILED,
+                f"refused: the pending updates changed since the scan of {stored.scanned_at:%Y-%m-%d %H:%M} "
+                f"(plan {stored.plan_hash} -> {now.plan_hash}); scan again and review",
+            )
+        before = now.installed
+        restore = self.restore = {
+            (u.provider, u.name): before.get(u.provider, {}).get(u.name, "") for u in approved
+        }
+        failure = await self._install(approved)
+        if failure is None and self.inputs.reboot != "never":
+            failure = await self._reboot()
+        if failure is None:
+            passed, problems = await run_gate(runner, self.host, self.inputs.health)
+            self.report.health = "passed" if passed else "; ".join(problems)
+            failure = None if passed else "health gate failed: " + "; ".join(problems)
+        if failure is None:
+            self._end(Outcome.PATCHED)
+        else:
+            await self._rollback(restore, failure)
+        await self._rescan()
+        return None
+
+    async def after_soak(self) -> None:
+        """The batch gate: a patched host is checked again after the soak; failing, rolled back."""
+        if self.report.outcome is not Outcome.PATCHED or not self.inputs.health:
+            return
+        passed, problems = await run_gate(self.shared.runner, self.host, self.inputs.health)
+        if passed:
+            return
+        self.report.health = "; ".join(problems)
+        await self._rollback(self.restore, "health gate failed after soak: " + "; ".join(problems))
+        store.save_state(self.host.name, outcome=str(self.report.outcome), state="Failed")
+        await self._rescan()
+
+    async def _install(self, approved: list[Update]) -> str | None:
+        for name, provider in self.providers.items():
+            mine = [u for u in approved if u.provider == name]
+            if not mine:
+                continue
+            done = await self.shared.runner.run(
+                self.host,
+                provider.install_command(mine),
+                timeout_s=self.inputs.install_timeout_s,
+                run_as=self.inputs.run_as,
+            )
+            _audit("patch.install", self.host.name, done, packages=[u.pin for u in mine])
+            if not done.ok:
+                return f"install failed: {done.summary()}"
+            self.report.installed += [u.pin for u in mine]
+        return None
+
+    async def _reboot(self) -> str | None:
+        runner, host = self.shared.runner, self.host
+        if self.inputs.reboot == "if_needed":
+            facts = await runner.run(
+                host, scanning.facts_command(scanning.host_root(host, self.inputs.root))
+            )
+            if facts.ok and not scanning.parse_facts(facts.stdout)[0]:
+                return None
+        async with self.shared.reboots:
+            boot = await runner.run(host, self.inputs.boot_id_command, timeout_s=30)
+            if not boot.ok:
+                return f"cannot read the boot id: {boot.summary()}"
+            done = await runner.run(
+                host, self.inputs.reboot_command, timeout_s=30, run_as=self.inputs.run_as
+            )
+            _audit("patch.reboot", host.name, done, boot_id=boot.stdout.strip())
+            runner.forget(host)
+            deadline = time.monotonic() + self.inputs.reboot_timeout_s
+            while time.monotonic() < deadline:
+                await asyncio.sleep(self.inputs.reboot_poll_s)
+                now = await runner.run(host, self.inputs.boot_id_command, timeout_s=10)
+                if now.ok and now.stdout.strip() and now.stdout.strip() != boot.stdout.strip():
+                    after = await runner.run(host, "true", timeout_s=10)
+                    if after.ok:
+                        self.report.rebooted = True
+                        return None
+                if not now.ok:
+                    runner.forget(host)
+            return f"no new boot id within {self.inputs.reboot_timeout_s:g}s after reboot"
+
+    async def _rollback(self, restore: dict[tuple[str, str], str], failure: str) -> None:
+        if not self.inputs.rollback:
+            return self._end(Outcome.FAILED, failure)
+        runner = self.shared.runner
+        errors: list[str] = []
+        for name, provider in self.providers.items():
+            versions = {pkg: old for (prov, pkg), old in restore.items() if prov == name}
+            if not versions:
+                continue
+            done = await runner.run(
+                self.host,
+                provider.rollback_command(versions),
+                timeout_s=self.inputs.install_timeout_s,
+                run_as=self.inputs.run_as,
+            )
+            _audit("patch.rollback", self.host.name, done, versions=versions)
+            check = await runner.run(self.host, provider.versions_command())
+            now = provider.parse_versions(check.stdout) if check.ok else {}
+            wrong = {p: now.get(p, "") for p, v in versions.items() if now.get(p, "") != v}
+            if not done.ok or wrong:
+                errors.append(
+                    f"rollback incomplete on {name}: {done.summary()} {wrong or ''}".strip()
+                )
+            else:
+                self.report.restored.update(versions)
+        if errors:
+            return self._end(Outcome.FAILED, f"{failure}; " + "; ".join(errors))
+        passed, problems = await run_gate(runner, self.host, self.inputs.health)
+        note = (
+            "" if passed else " (health still failing after rollback: " + "; ".join(problems) + ")"
+        )
+        self._end(Outcome.ROLLED_BACK, failure + note)
+        return None
+
+    async def _rescan(self) -> None:
+        """Record what the host has now, so its state and later drift start from here."""
+        fresh = await scanning.probe(
+            self.shared.runner,
+            self.host,
+            list(self.inputs.providers),
+            self.inputs.root,
+            self.inputs.command_timeout_s,
+        )
+        if fresh.error is None:
+            scanning.record(
+                fresh, self.inputs.baseline, self.shared.run_id, str(self.report.outcome)
+            )

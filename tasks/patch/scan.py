@@ -1,0 +1,163 @@
+"""Scanning a host: every provider's read-only command plus reboot/needrestart facts, at once
+on the host's one connection; the result is stored with the hash of its pending plan."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from ktlo.hosts.inventory import Host
+from ktlo.hosts.runner import CommandResult, HostRunner
+from ktlo.store.models import utcnow
+from tasks.patch import store
+from tasks.patch.baseline import Baseline
+from tasks.patch.compliance import drift, state_of
+from tasks.patch.model import Compliance, ProviderScan, Update, plan_hash
+from tasks.patch.providers import ProviderBase
+from tasks.patch.providers.base import for_host
+
+MARK = "@@ktlo-facts@@"
+
+
+def facts_command(root: str) -> str:
+    """reboot-required(.pkgs) under the host's root, and `needrestart -b` where installed."""
+    base = shlex.quote(root.rstrip("/") + "/var/run/reboot-required")
+    return (
+        f"if [ -e {base} ]; then echo reboot; cat {base}.pkgs 2>/dev/null; fi; echo {MARK}; "
+        "if command -v needrestart >/dev/null 2>&1; then needrestart -b 2>/dev/null; fi; true"
+    )
+
+
+def host_root(host: Host, root: str | None) -> str:
+    """Where the host's filesystem starts: `root` ({vars.NAME} allowed), else `vars.root`, else /."""
+    if root is None:
+        return str(host.vars.get("root", ""))
+    return for_host(root, host)
+
+
+def parse_facts(stdout: str) -> tuple[bool, list[str], dict[str, Any]]:
+    head, _, tail = stdout.partition(MARK)
+    lines = [x.strip() for x in head.splitlines() if x.strip()]
+    reboot = bool(lines) and lines[0] == "reboot"
+    packages = sorted(set(lines[1:])) if reboot else []
+    needrestart: dict[str, Any] = {}
+    for line in tail.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.startswith("NEEDRESTART-"):
+            name = key.removeprefix("NEEDRESTART-").lower()
+            if name == "svc":
+                needrestart.setdefault("services", []).append(value.strip())
+            else:
+                needrestart[name] = value.strip()
+    if needrestart.get("kstat") in ("2", "3"):
+        reboot = True
+    return reboot, packages, needrestart
+
+
+@dataclass
+class HostScan:
+    """One host's scan, approved plan and state (what the steps report)."""
+
+    host: str
+    error: str | None = None
+    providers: list[ProviderScan] = field(default_factory=list)
+    pending: list[Update] = field(default_factory=list)
+    approved: list[Update] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    reboot_required: bool = False
+    reboot_packages: list[str] = field(default_factory=list)
+    needrestart: dict[str, Any] = field(default_factory=dict)
+    plan_hash: str = ""
+    state: Compliance = Compliance.NOT_APPLICABLE
+    scan_id: int | None = None
+    drift: list[str] = field(default_factory=list)
+
+    @property
+    def installed(self) -> dict[str, dict[str, str]]:
+        return {p.provider: p.installed for p in self.providers}
+
+
+async def probe(
+    runner: HostRunner,
+    host: Host,
+    providers: list[ProviderBase],
+    root: str | None,
+    timeout_s: float,
+) -> HostScan:
+    """Run the scan commands on one host (no store access): nothing on the host changes."""
+    configured = [p.for_host(host) for p in providers]
+    jobs = [runner.run(host, p.scan_command(), timeout_s=timeout_s) for p in configured]
+    jobs.append(runner.run(host, facts_command(host_root(host, root)), timeout_s=timeout_s))
+    results: list[CommandResult] = list(await asyncio.gather(*jobs))
+    out = HostScan(host=host.name)
+    for provider, done in zip(configured, results, strict=False):
+        if done.error is not None:
+            out.error = done.error
+            return out
+        if done.exit_code != 0:
+            err = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
+            out.providers.append(
+                ProviderScan(
+                    provider=provider.name_of(),
+                    applicable=done.exit_code != 127,
+                    error=f"exit {done.exit_code}: {err[0][:300]}",
+                )
+            )
+            continue
+        out.providers.append(provider.parse_scan(done.stdout))
+    facts = results[-1]
+    out.reboot_required, out.reboot_packages, out.needrestart = parse_facts(facts.stdout)
+    errors = [p.error for p in out.providers if p.error and p.applicable]
+    if errors:
+        out.error = "; ".join(e for e in errors if e)
+    out.pending = [u for p in out.providers for u in p.pending]
+    out.plan_hash = plan_hash(out.pending)
+    return out
+
+
+def record(
+    scan: HostScan, baseline: Baseline, run_id: str | None, last_outcome: str | None = None
+) -> HostScan:
+    """Store the scan, apply the baseline, compute and store the host's state."""
+    applicable = any(p.applicable for p in scan.providers)
+    previous = store.last_scans([scan.host]).get(scan.host)
+    row = store.record_scan(
+        store.PatchScan(
+            host=scan.host,
+            run_id=run_id,
+            installed=scan.installed,
+            pending=[u.model_dump(mode="json") for u in scan.pending],
+            plan_hash=scan.plan_hash,
+            reboot_required=scan.reboot_required,
+            reboot_packages=scan.reboot_packages,
+            needrestart=scan.needrestart,
+            applicable=applicable,
+            error=scan.error,
+        )
+    )
+    scan.scan_id = row.id
+    scan.approved, scan.rejected = baseline.approve(scan.pending, store.first_seen(), utcnow())
+    scan.drift = drift(previous.installed, scan.installed) if previous is not None else []
+    if scan.error is not None:
+        scan.state = Compliance.FAILED
+    else:
+        scan.state = state_of(
+            applicable=applicable,
+            approved=scan.approved,
+            installed=scan.installed,
+            reboot_required=scan.reboot_required,
+            baseline=baseline,
+            changed=scan.drift,
+            last_outcome=last_outcome,
+        )
+    store.save_state(
+        scan.host,
+        state=str(scan.state),
+        scan_id=row.id,
+        scanned_at=row.scanned_at,
+        drift=scan.drift,
+        error=scan.error,
+    )
+    return scan

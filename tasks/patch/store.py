@@ -1,0 +1,145 @@
+"""Patch state: scans (history, with the plan hash), first-seen versions, per-host state, locks.
+
+The host lock row is how "one rollout per host at a time" holds across workers: taking it is
+an INSERT of the primary key, so two runs on the same database cannot both win.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Field, SQLModel, col, select
+
+from ktlo.store.db import session
+from ktlo.store.models import utcnow
+
+
+class PatchScan(SQLModel, table=True):
+    """One scan of one host: what was installed, what was pending, and the plan's hash."""
+
+    __tablename__ = "ktlo_patch_scan"
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(index=True, max_length=128)
+    scanned_at: datetime = Field(default_factory=utcnow, index=True)
+    run_id: str | None = Field(default=None, max_length=64)
+    installed: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON))
+    pending: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    plan_hash: str = Field(default="", max_length=32)
+    reboot_required: bool = False
+    reboot_packages: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    needrestart: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    applicable: bool = True
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class PatchSeen(SQLModel, table=True):
+    """When ktlo first saw a version offered on any host (what `min_age_days` counts from)."""
+
+    __tablename__ = "ktlo_patch_seen"
+
+    provider: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=200)
+    version: str = Field(primary_key=True, max_length=128)
+    first_seen: datetime = Field(default_factory=utcnow)
+
+
+class PatchHostState(SQLModel, table=True):
+    """A host's compliance state and its last rollout outcome (what `ktlo patch status` shows)."""
+
+    __tablename__ = "ktlo_patch_host"
+
+    host: str = Field(primary_key=True, max_length=128)
+    state: str = Field(max_length=32)
+    scan_id: int | None = None
+    scanned_at: datetime | None = None
+    outcome: str | None = Field(default=None, max_length=32)
+    outcome_run_id: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    drift: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class PatchLock(SQLModel, table=True):
+    """One rollout per host at a time: the row exists while a run works on the host."""
+
+    __tablename__ = "ktlo_patch_lock"
+
+    host: str = Field(primary_key=True, max_length=128)
+    run_id: str = Field(max_length=64)
+    acquired_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def record_scan(scan: PatchScan) -> PatchScan:
+    """Store a scan and the first-seen time of every version it found."""
+    with session() as s:
+        s.add(scan)
+        s.flush()
+        for item in scan.pending:
+            key = (item["provider"], item["name"], item["version"])
+            if s.get(PatchSeen, key) is None:
+                s.add(PatchSeen(provider=key[0], name=key[1], version=key[2]))
+        s.refresh(scan)
+    return scan
+
+
+def first_seen() -> dict[tuple[str, str, str], datetime]:
+    with session() as s:
+        return {
+            (r.provider, r.name, r.version): _aware(r.first_seen) for r in s.exec(select(PatchSeen))
+        }
+
+
+def last_scans(hosts: list[str] | None = None, before: int | None = None) -> dict[str, PatchScan]:
+    """Each host's newest scan (older than scan id `before` when given)."""
+    with session() as s:
+        query = select(PatchScan).order_by(col(PatchScan.id))
+        if hosts is not None:
+            query = query.where(col(PatchScan.host).in_(hosts))
+        if before is not None:
+            query = query.where(col(PatchScan.id) < before)
+        return {scan.host: scan for scan in s.exec(query)}
+
+
+def save_state(host: str, **fields: Any) -> None:
+    with session() as s:
+        row = s.get(PatchHostState, host) or PatchHostState(host=host, state="")
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+        s.add(row)
+
+
+def states() -> list[PatchHostState]:
+    with session() as s:
+        return list(s.exec(select(PatchHostState).order_by(col(PatchHostState.host))))
+
+
+def acquire(host: str, run_id: str, ttl_s: float) -> str | None:
+    """Take the host's lock; None when taken, else the run id that holds it."""
+    now = utcnow()
+    with session() as s:
+        s.exec(delete(PatchLock).where(col(PatchLock.expires_at) < now))
+    try:
+        with session() as s:
+            s.add(PatchLock(host=host, run_id=run_id, expires_at=now + timedelta(seconds=ttl_s)))
+    except IntegrityError:
+        with session() as s:
+            held = s.get(PatchLock, host)
+            return held.run_id if held is not None else "another run"
+    return None
+
+
+def release(host: str, run_id: str) -> None:
+    with session() as s:
+        s.exec(
+            delete(PatchLock).where(col(PatchLock.host) == host, col(PatchLock.run_id) == run_id)
+        )
