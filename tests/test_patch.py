@@ -66,3 +66,104 @@ def test_rollout_patches_the_fleet_and_a_rerun_skips(fleet: Fleet, patching: Any
         assert fleet.installed(name) == {**fleet_apt.INSTALLED, **fleet_apt.UPGRADES}
     again = patching("patch.rollout", batches=[20])
     assert set(_outcomes(again).values()) == {"skipped"}
+
+
+def test_failures_are_contained_and_an_all_failed_batch_does_not_stop_the_run(
+    fleet: Fleet, patching: Any
+) -> None:
+    """Batch 2 = five hosts, each failing differently; budget 5: batch 3 still runs."""
+    fleet.dpkg_install("lab-02", "lab-broken", "1.0")  # its 1.1 postinst exits 1
+    fleet.dpkg_install("lab-04", "lab-prompt", "1.0")  # its 1.1 postinst waits for an answer
+    hosts = "lab-01,lab-02,lab-03,lab-04,lab-05,lab-06,lab-07,lab-08"
+    assert patching("patch.scan", hosts=hosts).status == "succeeded"
+    fleet.set_health("lab-03", False)  # the gate fails after patching
+    fleet.dpkg_install("lab-06", "lab-app", "1.1")  # out of band: the plan changed
+    apt = {"kind": "apt", "lock_timeout_s": 2}
+    with fleet.hold_lock("lab-05"):
+        result = patching(
+            "patch.rollout",
+            hosts=hosts,
+            providers=[apt],
+            batches=[1, 5],
+            max_failed=5,
+            health=GATE,
+            install_timeout_s=8,
+        )
+    assert result.status == "succeeded", result.steps["patch"].error
+    out = result.steps["patch"].output
+    got = _outcomes(result)
+    errors = {h["host"]: h["error"] or "" for h in out["hosts"]}
+    assert got["lab-01"] == "patched"
+    assert got["lab-02"] == "rolled_back", errors["lab-02"]
+    assert "install failed" in errors["lab-02"]
+    assert got["lab-03"] == "rolled_back", errors["lab-03"]
+    assert "health gate failed" in errors["lab-03"]
+    assert got["lab-04"] in ("rolled_back", "failed"), errors["lab-04"]
+    assert "timed out after 8s" in errors["lab-04"]
+    assert got["lab-05"] in ("rolled_back", "failed"), errors["lab-05"]
+    assert "lock" in errors["lab-05"].lower()
+    assert got["lab-06"] == "failed"
+    assert errors["lab-06"].startswith("refused: the pending updates changed")
+    assert got["lab-07"] == got["lab-08"] == "patched"
+    assert out["failed"] == 5
+    assert not out["budget_spent"]
+    # rollback verified with dpkg-query: exactly the versions before
+    assert fleet.installed("lab-03") == fleet_apt.INSTALLED
+    assert fleet.installed("lab-02") == {**fleet_apt.INSTALLED, "lab-broken": "1.0"}
+    # the refused host was not touched beyond the operator's own change
+    assert fleet.installed("lab-06") == {**fleet_apt.INSTALLED, "lab-app": "1.1"}
+    assert fleet.installed("lab-05") == fleet_apt.INSTALLED
+
+
+def test_budget_exhaustion_stops_new_hosts(fleet: Fleet, patching: Any) -> None:
+    patching("patch.scan")
+    for name in ("lab-02", "lab-03", "lab-04"):
+        fleet.set_health(name, False)
+    result = patching("patch.rollout", batches=[1, 5, "50%"], max_failed=2, health=GATE)
+    assert result.status == "failed"
+    assert "failure budget spent" in (result.steps["patch"].error or "")
+    untouched = [n for n in fleet.hosts if fleet.installed(n) == fleet_apt.INSTALLED]
+    changed = sorted(set(fleet.hosts) - set(untouched))
+    # canary + batch 2 (5 hosts) were touched; 3 rolled back, none of batches 3-4 started
+    assert changed == ["lab-01", "lab-05", "lab-06"]
+    assert len(untouched) == 17
+
+
+def test_sshd_killed_mid_rollout_counts_as_failed(fleet: Fleet, patching: Any) -> None:
+    import threading
+
+    hosts = "lab-01,lab-02,lab-03"
+    patching("patch.scan", hosts=hosts)
+    stop = threading.Event()
+
+    def killer() -> None:  # once the canary is patched, lab-03 dies before its batch
+        while not stop.wait(0.05):
+            if fleet.installed("lab-01").get("lab-app") == "1.1":
+                fleet.kill("lab-03")
+                return
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        result = patching("patch.rollout", hosts=hosts, batches=[1, 2], max_failed=1, soak_s=1)
+    finally:
+        stop.set()
+        thread.join()
+    got = _outcomes(result)
+    assert result.status == "succeeded", result.steps["patch"].error
+    assert (got["lab-01"], got["lab-02"], got["lab-03"]) == ("patched", "patched", "failed")
+    err = next(h["error"] for h in result.steps["patch"].output["hosts"] if h["host"] == "lab-03")
+    assert err.startswith("unreachable: lab-03")
+
+
+def test_reboot_if_needed_is_confirmed_by_a_new_boot_id(fleet: Fleet, patching: Any) -> None:
+    fleet.dpkg_install("lab-09", "lab-kernel", "1.0")
+    boot = fleet["lab-09"].boot_id()
+    patching("patch.scan", hosts="lab-09,lab-10")
+    result = patching("patch.rollout", hosts="lab-09,lab-10", batches=[2], health=GATE)
+    assert result.status == "succeeded", result.steps["patch"].error
+    rows = {h["host"]: h for h in result.steps["patch"].output["hosts"]}
+    assert rows["lab-09"]["rebooted"]
+    assert not rows["lab-10"]["rebooted"]
+    assert fleet["lab-09"].boot_id() != boot
+    assert fleet["lab-09"].reboots == 1
