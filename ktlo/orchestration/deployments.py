@@ -1,4 +1,5 @@
-"""`prefect.yaml` generated from runbooks/: one deployment per valid runbook.
+"""`prefect.yaml` generated from runbooks/: one deployment per valid runbook, plus those of
+the deployment sources domains register beside their step types (DR: one per plan).
 
 The file is derived data with a single source of truth (the runbooks), so it is written by
 `ktlo deployments --write` and checked by `--check` (and by a test). Every deployment uses the
@@ -8,6 +9,7 @@ runbook's own flow in `flows/catalog.py`, whose signature gives the typed run fo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,16 @@ HEADER = (
 )
 WORK_POOL = "ktlo"
 
+# Given the runbooks directory: more deployments (prefect.yaml entries) and their problems.
+DeploymentSource = Callable[[Path], tuple[list[dict[str, Any]], list[Problem]]]
+_sources: dict[str, DeploymentSource] = {}
+
+
+def register_source(name: str, source: DeploymentSource) -> DeploymentSource:
+    """Add deployments that are not runbooks (called when a domain's step types load)."""
+    _sources[name] = source
+    return source
+
 
 def attribute_name(runbook_name: str) -> str:
     """The Python name of a runbook's flow in flows/catalog.py (`nightly-backup` → `nightly_backup`)."""
@@ -31,7 +43,7 @@ def attribute_name(runbook_name: str) -> str:
     return name if name[:1].isalpha() else f"rb_{name}"
 
 
-def _schedule(s: Schedule) -> dict[str, Any]:
+def schedule_entry(s: Schedule) -> dict[str, Any]:
     if s.cron is not None:
         return {"cron": s.cron, "timezone": s.timezone, "active": s.active}
     return {"interval": s.interval_s, "active": s.active}
@@ -45,7 +57,7 @@ def deployment(rb: Runbook) -> dict[str, Any]:
         "tags": ["ktlo", *rb.tags],
         "parameters": {},
         "enforce_parameter_schema": True,
-        "schedules": [_schedule(s) for s in rb.schedules],
+        "schedules": [schedule_entry(s) for s in rb.schedules],
         "work_pool": {"name": WORK_POOL},
     }
     if rb.concurrency is not None:
@@ -53,7 +65,7 @@ def deployment(rb: Runbook) -> dict[str, Any]:
     return entry
 
 
-def render(runbooks: list[Runbook]) -> str:
+def render(runbooks: list[Runbook], extra: list[dict[str, Any]] | None = None) -> str:
     document = {
         "name": "ktlo",
         "build": None,
@@ -67,11 +79,21 @@ def render(runbooks: list[Runbook]) -> str:
                 }
             }
         ],
-        "deployments": [deployment(rb) for rb in sorted(runbooks, key=lambda r: r.name)],
+        "deployments": [deployment(rb) for rb in sorted(runbooks, key=lambda r: r.name)]
+        + sorted(extra or [], key=lambda d: str(d["name"])),
     }
     return HEADER + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 
 
 def generate(directory: Path | None = None) -> tuple[str, list[Problem]]:
+    from ktlo.settings import get_settings
+    from ktlo.steps import registry
+
     runbooks, problems = load_all(directory)
-    return render(runbooks), problems
+    registry.load_plugins()  # domains register their deployment sources with their step types
+    extra: list[dict[str, Any]] = []
+    for source in _sources.values():
+        found, more = source(directory or get_settings().runbooks_dir)
+        extra += found
+        problems += more
+    return render(runbooks, extra), problems

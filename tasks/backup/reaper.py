@@ -8,10 +8,9 @@ marks the dead one's entry `failed` and removes what it left behind.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 from datetime import timedelta
 
+from ktlo.owners import local_owner_alive
 from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import store
@@ -22,27 +21,10 @@ from tasks.backup.store import Backup
 STALE_AFTER = timedelta(minutes=10)  # a writer on another host without a heartbeat for this long
 
 
-def _start_ticks(pid: int) -> str | None:
-    """Process start time in clock ticks since boot (with the pid, it identifies a process)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    except OSError:
-        return None
-    if fields[0] in ("Z", "X"):  # a zombie has finished: it writes nothing any more
-        return None
-    return fields[19]
-
-
-def owner_id() -> str:
-    pid = os.getpid()
-    return f"{socket.gethostname()}|{pid}|{_start_ticks(pid) or ''}"
-
-
 def writer_is_alive(entry: Backup) -> bool:
-    host, _, rest = entry.owner.partition("|")
-    pid_text, _, ticks = rest.partition("|")
-    if host == socket.gethostname() and pid_text.isdigit():
-        return _start_ticks(int(pid_text)) == ticks
+    alive = local_owner_alive(entry.owner)
+    if alive is not None:
+        return alive
     beat = store.aware(entry.heartbeat_at or entry.created_at)
     return beat is not None and utcnow() - beat < STALE_AFTER
 

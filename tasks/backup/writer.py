@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ktlo import secrets
+from ktlo.owners import owner_id
 from ktlo.store import audit
 from ktlo.store.models import utcnow
 from tasks.backup import crypto, store
@@ -34,7 +35,7 @@ from tasks.backup.model import (
     new_backup_id,
     source_slug,
 )
-from tasks.backup.reaper import owner_id, reap
+from tasks.backup.reaper import reap
 from tasks.backup.store import Backup
 from tasks.backup.stream import Job, Sink
 

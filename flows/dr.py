@@ -1,0 +1,257 @@
+"""The DR drill flow: recover a plan's services into scratch targets, wave by wave, verify,
+measure, and always clean up.
+
+Each service is a child flow run (`dr-service`), whose recover runbook and verify runbook
+are grandchild runs, all visible in the Prefect UI. Services of one wave run concurrently; a
+service whose dependency was not verified is not started. Cleanup runs in `finally` (errors
+and Ctrl-C), in the flow's cancellation/crash hooks (a served run that is cancelled or
+killed), and otherwise in the next readiness pass (the scratch journal names the dead owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger
+from prefect.artifacts import MarkdownArtifact
+from prefect.context import FlowRunContext
+
+from flows.runbook import _flow_run_url, run_result, runbook_flow
+from ktlo import secrets
+from ktlo.recovery import RecoveryPoint, latest_points
+from ktlo.runbook.loader import find_runbook, hand_over, load_runbook
+from ktlo.steps import registry
+from ktlo.steps.context import flow_client
+from ktlo.store import audit
+from tasks.dr import report, scratch, store, templates
+from tasks.dr.drill import ServiceResult, approval_wait_s, data_checks, judge, rpo_of
+from tasks.dr.plan import Plan, Service, find_plan, load_plan
+
+DRILL_FLOW = "dr-drill"
+SERVICE_FLOW = "dr-service"
+
+
+def _since(start: datetime) -> float:
+    return round((datetime.now(UTC) - start).total_seconds(), 3)
+
+
+def _run_id(state: Any) -> str | None:
+    flow_run_id = getattr(state.state_details, "flow_run_id", None)
+    return str(flow_run_id) if flow_run_id else None
+
+
+async def _run_runbook(ref: str, params: dict[str, Any]) -> Any:
+    """A runbook as a child flow run; its final state (a failed run does not raise)."""
+    call: Any = runbook_flow(runbook=ref, **params, return_state=True)
+    return await call
+
+
+@flow(name=SERVICE_FLOW, validate_parameters=False)
+async def service_flow(
+    plan: str,
+    service: dict[str, Any],
+    targets: dict[str, Any],
+    points: list[dict[str, Any]],
+    others: dict[str, dict[str, Any]],
+    wave: int,
+    drill_started: datetime,
+) -> dict[str, Any]:
+    """Recover one service into its scratch targets, then run its verify checks."""
+    svc = Service.model_validate(service)
+    tgt = scratch.Targets.model_validate(targets)
+    pts = [RecoveryPoint.model_validate(p) for p in points]
+    result = ServiceResult(
+        name=svc.name,
+        wave=wave,
+        tier=svc.tier,
+        rto_target_s=svc.rto_s,
+        rpo_target_s=svc.rpo_s,
+        recovery_points=pts,
+        rpo_achieved_s=rpo_of(pts, drill_started),
+        started_s=_since(drill_started),
+    )
+    ctx = FlowRunContext.get()
+    result.service_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    log = get_run_logger()
+    others_t = {k: scratch.Targets.model_validate(v) for k, v in others.items()}
+    context = templates.context(tgt, pts, others_t)
+    state = await _run_runbook(svc.recover.runbook, templates.recover_params(svc, context))
+    result.recover_run_id = _run_id(state)
+    if not state.is_completed():
+        result.error = f"recover runbook {svc.recover.runbook}: {state.message or state.name}"
+        log.error("%s", result.error)
+        return result.model_dump(mode="json")
+    outputs = run_result(await state.aresult())["outputs"]
+    result.recovered_s = _since(drill_started)
+    result.data_checks = data_checks(pts, outputs)
+    if svc.verify:
+        path = Path(tgt.dir) / "verify.yaml"
+        rb = templates.verify_runbook(
+            f"dr-verify-{svc.name}", templates.verify_checks(svc, context)
+        )
+        path.write_text(yaml.safe_dump(rb.model_dump(by_alias=True, exclude_defaults=True)))
+        state = await _run_runbook(str(path), {})
+        result.verify_run_id = _run_id(state)
+        if not state.is_completed():
+            result.error = f"verify: {state.message or state.name}"
+            log.error("%s", result.error)
+            return result.model_dump(mode="json")
+    result.verified = True
+    result.verified_s = result.rto_achieved_s = _since(drill_started)
+    result.approval_wait_s = approval_wait_s([result.recover_run_id])
+    return result.model_dump(mode="json")
+
+
+def _warm_up(plan: Plan) -> None:
+    """Load the step types and validate the recover runbooks before the clock starts: that is
+    ktlo starting, not the service recovering (and an invalid runbook fails here)."""
+    registry.load_plugins()
+    for svc in plan.services:
+        hand_over(load_runbook(find_runbook(svc.recover.runbook)))
+
+
+def _points(plan: Plan) -> dict[tuple[str, str], RecoveryPoint]:
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for svc in plan.services:
+        for d in svc.data:
+            wanted[d.provider].add(d.source)
+    found = {}
+    for provider, sources in wanted.items():
+        for source, point in latest_points(provider, sources, verified=True).items():
+            found[(provider, source)] = point
+    return found
+
+
+async def _cleanup_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """A drill cancelled or crashed while served: clean its scratch from the serving process."""
+    await asyncio.to_thread(scratch.cleanup, str(flow_run.id))
+
+
+@flow(
+    name=DRILL_FLOW,
+    validate_parameters=False,
+    on_cancellation=[_cleanup_hook],
+    on_crashed=[_cleanup_hook],
+)
+async def drill_flow(plan: str, notes: str = "") -> dict[str, Any]:
+    """Drill a DR plan: recover every service into scratch targets, verify, measure, clean up."""
+    return await run_drill(plan, notes)
+
+
+async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
+    secrets.install_log_redaction()
+    plan = load_plan(find_plan(plan_ref))
+    ctx = FlowRunContext.get()
+    run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else str(uuid.uuid4())
+    log = get_run_logger()
+    await asyncio.to_thread(_warm_up, plan)
+    started = datetime.now(UTC)
+    actor = getpass.getuser()
+    store.start_drill(run_id, plan.name, plan.content_hash)
+    audit.record(
+        "dr.drill.start",
+        plan.name,
+        run_id=run_id,
+        actor=actor,
+        details={"plan_hash": plan.content_hash},
+    )
+    results: dict[str, ServiceResult] = {}
+    targets: dict[str, scratch.Targets] = {}
+    proofs: dict[str, scratch.Proof] = {}
+    try:
+        points = _points(plan)
+        for wave_no, wave in enumerate(plan.waves()):
+            runnable: list[Service] = []
+            for svc in wave:
+                blocked = [d for d in svc.depends_on if not results[d].verified]
+                missing = [d.source for d in svc.data if (d.provider, d.source) not in points]
+                if blocked or missing:
+                    why = (
+                        f"dependency not verified: {', '.join(blocked)}"
+                        if blocked
+                        else (f"no verified recovery point of {', '.join(missing)}")
+                    )
+                    results[svc.name] = ServiceResult(
+                        name=svc.name,
+                        wave=wave_no,
+                        tier=svc.tier,
+                        rto_target_s=svc.rto_s,
+                        rpo_target_s=svc.rpo_s,
+                        error=f"not started: {why}",
+                    )
+                    continue
+                targets[svc.name] = await asyncio.to_thread(scratch.allocate, run_id, svc)
+                runnable.append(svc)
+            log.info(
+                "wave %d: %s", wave_no, ", ".join(s.name for s in runnable) or "nothing to start"
+            )
+            outs = await asyncio.gather(
+                *(
+                    service_flow.with_options(flow_run_name=f"{plan.name}-{svc.name}")(
+                        plan=plan.name,
+                        service=svc.model_dump(),
+                        targets=targets[svc.name].model_dump(),
+                        points=[
+                            points[(d.provider, d.source)].model_dump(mode="json") for d in svc.data
+                        ],
+                        others={k: v.model_dump() for k, v in targets.items()},
+                        wave=wave_no,
+                        drill_started=started,
+                    )
+                    for svc in runnable
+                )
+            )
+            for svc, out in zip(runnable, outs, strict=True):
+                results[svc.name] = ServiceResult.model_validate(out)
+    finally:
+        for name in targets:
+            proofs[name] = await asyncio.to_thread(scratch.cleanup, run_id, name)
+        leftover = await asyncio.to_thread(scratch.cleanup, run_id)
+    for name, result in results.items():
+        proof = proofs.get(name, scratch.Proof())
+        result.cleaned_up = proof.ok
+        result.cleanup = proof.model_dump()
+    ordered = [results[s.name] for wave in plan.waves() for s in wave if s.name in results]
+    verdict, verdict_notes = judge(plan, ordered, leftover.errors)
+    if notes:
+        verdict_notes.append(f"operator: {notes}")
+    doc = report.document(
+        plan=plan,
+        run_id=run_id,
+        verdict=verdict,
+        services=ordered,
+        notes=verdict_notes,
+        started=started,
+        finished=datetime.now(UTC),
+        started_by=actor,
+        flow_run_url=_flow_run_url(run_id),
+    )
+    store.finish_drill(run_id, verdict, doc)
+    audit.record(
+        "dr.drill.finish",
+        plan.name,
+        run_id=run_id,
+        actor=actor,
+        details={"verdict": verdict, "notes": verdict_notes},
+    )
+    await _publish(plan, doc)
+    log.info("drill of %s: %s", plan.name, verdict)
+    return doc
+
+
+async def _publish(plan: Plan, doc: dict[str, Any]) -> None:
+    try:
+        await MarkdownArtifact(
+            markdown=secrets.redact(report.markdown(doc)),
+            key=f"dr-drill-{plan.name}".replace("_", "-"),
+            description=f"DR drill of {plan.name}: {doc['verdict']}",
+        ).acreate(client=flow_client())
+    except Exception as exc:  # the report is stored; the artifact is a convenience
+        get_run_logger().warning("could not publish the drill artifact: %s", exc)

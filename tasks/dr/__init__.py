@@ -1,0 +1,1 @@
+"""Disaster-recovery planning: plans as code, readiness, drills and their reports."""
