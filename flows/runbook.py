@@ -24,7 +24,7 @@ from ktlo import notify, secrets
 from ktlo.engine.executor import Executor, Outcome, RunInfo, quiet_expected_failures
 from ktlo.engine.summary import markdown_summary, notification
 from ktlo.errors import KtloError, RunbookInvalid, StepFailed
-from ktlo.orchestration import crashes
+from ktlo.orchestration import liveness
 from ktlo.runbook.loader import find_runbook, load_runbook
 from ktlo.runbook.model import Runbook
 from ktlo.runbook.params import validate_params
@@ -188,7 +188,7 @@ async def _execute(
         flow_run_id, rb.name, params=values, trigger=trigger, parent_run_id=parent_run_id, url=url
     )
     logger.info("Running runbook %s (%d steps, trigger: %s)", rb.name, len(rb.steps), trigger)
-    with crashes.alive(flow_run_id):  # `ktlo history` sees at once if this process dies
+    with liveness.alive(flow_run_id):  # `ktlo history` sees at once if this process dies
         try:
             outcome = await Executor(rb, values, info, incident=incident).run()
         except BaseException as exc:

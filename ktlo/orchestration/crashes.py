@@ -4,28 +4,22 @@ Self-hosted Prefect servers do not mark the runs of dead processes as crashed by
 (that automation is Cloud-only), so ktlo creates it on every server it prepares: a flow run
 that stops sending heartbeats is set to Crashed. The reconciler then brings ktlo's own
 records in line with Prefect's states and, for runbooks with `retry_crashed: N`, starts a
-new run in its place. On the machine that ran it, a run's process holds a lock file while
-it runs (`alive`); the kernel releases it however the process dies, so `ktlo history` knows
-at once, without waiting for missed heartbeats. Task runs left Running by a crashed flow
-run are marked Crashed too.
+new run in its place. Runs that died on this machine are known at once, without waiting
+for missed heartbeats (`ktlo.orchestration.liveness`). Task runs left Running by a crashed
+flow run are marked Crashed too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from sqlmodel import col, select
 
+from ktlo.orchestration import liveness
 from ktlo.orchestration.local_server import HEARTBEAT_S
-from ktlo.settings import get_settings
 from ktlo.status import RunStatus
 from ktlo.store import audit
 from ktlo.store.db import session
@@ -82,39 +76,6 @@ async def ensure_zombie_automation() -> None:
     ).acreate()
 
 
-def _lock_path(run_id: str) -> Path:
-    return get_settings().home_dir / "running" / f"{run_id}.lock"
-
-
-@contextlib.contextmanager
-def alive(run_id: str) -> Iterator[None]:
-    """Hold `run_id`'s lock file while this process runs it (released by the kernel on death)."""
-    path = _lock_path(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)  # close-on-exec: children do not hold it
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def died_here(run_id: str) -> bool:
-    """The process that ran `run_id` on this machine is gone: its lock file is there and free."""
-    try:
-        fd = os.open(_lock_path(run_id), os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 def _stale_runs(min_age_s: float) -> list[Run]:
     cutoff = utcnow() - timedelta(seconds=min_age_s)
     with session() as s:
@@ -128,36 +89,37 @@ def _stale_runs(min_age_s: float) -> list[Run]:
 
 
 def has_stale_runs(min_age_s: float = 10) -> bool:
-    return bool(_stale_runs(min_age_s))
+    return bool(_stale_runs(min_age_s) or liveness.dead_runs())
 
 
 async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
-    """Close ktlo records of runs that Prefect says are over; retry crashed ones if asked."""
+    """Close ktlo records of runs that are over; tell Prefect about runs that died here.
+
+    Retries crashed runs if their runbook asks for it.
+    """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    changed: list[tuple[str, str]] = []
+    changed = liveness.close_dead_runs()
+    dead = liveness.dead_runs()
     stale = _stale_runs(min_age_s)
-    if not stale:
+    if not stale and not dead:
         return changed
     async with get_client() as client:
+        for run_id in dead:
+            await _tell_prefect(client, run_id)
         for run in stale:
             try:
                 flow_run = await client.read_flow_run(UUID(run.id))
             except (ObjectNotFound, ValueError):
-                flow_run = None
-            state = flow_run.state if flow_run is not None else None
-            if state is not None and state.is_final():
-                status = FINAL_STATUS.get(state.type.value, RunStatus.CRASHED)
-                message = f"flow run ended as {state.name}" + (
-                    f": {state.message}" if state.message else ""
-                )
-            elif died_here(run.id):
-                status, message = RunStatus.CRASHED, DIED
-                if flow_run is not None:
-                    await _set_crashed(client, flow_run.id, DIED)
-            else:
                 continue
+            state = flow_run.state
+            if state is None or not state.is_final():
+                continue
+            status = FINAL_STATUS.get(state.type.value, RunStatus.CRASHED)
+            message = f"flow run ended as {state.name}" + (
+                f": {state.message}" if state.message else ""
+            )
             await close_run(
                 run, flow_run, status, None if status == RunStatus.SUCCEEDED else message
             )
@@ -165,7 +127,25 @@ async def reconcile(min_age_s: float = 10) -> list[tuple[str, str]]:
     return changed
 
 
-DIED = "the process running it died"
+async def _tell_prefect(client: Any, run_id: str) -> None:
+    """A run that died here: Crashed in Prefect (flow run and task runs), retried if asked."""
+    from prefect.exceptions import ObjectNotFound
+
+    from ktlo.store import runs
+
+    record = runs.get_run(run_id)
+    message = (record.error if record is not None else None) or liveness.DIED
+    try:
+        flow_run = await client.read_flow_run(UUID(run_id))
+    except (ObjectNotFound, ValueError):
+        liveness.forget(run_id)
+        return
+    if flow_run.state is None or not flow_run.state.is_final():
+        await _set_crashed(client, flow_run.id, message)
+    await crash_task_runs(flow_run.id, f"its flow run crashed: {message}")
+    liveness.forget(run_id)
+    if record is not None and record.status == RunStatus.CRASHED:
+        await _maybe_retry(record, flow_run)
 
 
 async def _set_crashed(client: Any, flow_run_id: UUID, message: str) -> None:
@@ -205,9 +185,9 @@ async def close_run(run: Run, flow_run: Any, status: str, error: str | None) -> 
     from ktlo.store import runs
 
     runs.finish_run(run.id, status, error=error)
-    _lock_path(run.id).unlink(missing_ok=True)
+    liveness.forget(run.id)
     if status == RunStatus.CRASHED and flow_run is not None:
-        await crash_task_runs(flow_run.id, f"its flow run crashed: {error or DIED}")
+        await crash_task_runs(flow_run.id, f"its flow run crashed: {error or liveness.DIED}")
         await _maybe_retry(run, flow_run)
 
 

@@ -52,13 +52,14 @@ def _tally(steps: list[Any]) -> str:
 
 
 def reconcile_quietly() -> None:
-    """Before showing runs as running, ask Prefect whether they still are (crashed workers)."""
+    """Before showing runs as running, check they still are: here, then with Prefect."""
     import asyncio
     import os
 
-    from ktlo.orchestration import local_server
+    from ktlo.orchestration import liveness, local_server
     from ktlo.orchestration.crashes import has_stale_runs, reconcile
 
+    liveness.close_dead_runs()  # runs whose process died here: known without Prefect
     if not has_stale_runs():
         return
     if not os.environ.get("PREFECT_API_URL"):

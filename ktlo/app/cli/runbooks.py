@@ -234,9 +234,10 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
     a runbook file elsewhere runs through the generic flow.
     """
     from ktlo.orchestration.local_server import ensure_api
+    from ktlo.orchestration.watchdog import Watchdog
     from ktlo.settings import get_settings
 
-    ensure_api(quiet=quiet)
+    api_url = ensure_api(quiet=quiet)
     from flows.catalog import flow_for
     from flows.runbook import runbook_flow
     from ktlo.runbook.loader import hand_over
@@ -249,7 +250,8 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
         call = flow_for(rb)(**values, return_state=True)
     else:
         call = runbook_flow(runbook=str(rb.path.resolve()), **values, return_state=True)
-    state = asyncio.run(call)
+    with Watchdog(api_url, _stop_run(api_url)):
+        state = asyncio.run(call)
     flow_run_id = str(state.state_details.flow_run_id)
     run_record = get_run(flow_run_id)
     if run_record is None:
@@ -264,6 +266,33 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
         "seconds": round(time.perf_counter() - started, 2),
         "steps": [step_json(s) for s in steps],
     }
+
+
+def _stop_run(api_url: str) -> Any:
+    """What `ktlo run` does when its Prefect server is gone: record, say so in one line, exit.
+
+    Its steps die with it (ktlo.processes); the run stays marked as unfinished business on
+    this machine, so Prefect gets its final state once the server is back (`ktlo history`).
+    """
+
+    def stop(reason: str) -> None:
+        from ktlo.app.cli.common import err_console
+        from ktlo.orchestration import liveness
+        from ktlo.store import runs
+
+        message = f"lost the Prefect server at {api_url} mid-run ({reason}); the run was stopped"
+        for run_id in list(liveness.here):
+            runs.finish_run(run_id, RunStatus.CRASHED, error=message)
+        err_console.print(
+            f"[red]error:[/red] {message}; Prefect gets its final state once the server is "
+            "back (`ktlo history`)",
+            soft_wrap=True,
+            markup=True,
+            highlight=False,
+        )
+        os._exit(1)
+
+    return stop
 
 
 def _first_line(text: str | None, limit: int = 120) -> str:
