@@ -59,15 +59,12 @@ async def stop(runner: HostRunner, node: NodeConfig, mode: str = "immediate") ->
         ALIVE_SH
         + f'if alive; then "$B/pg_ctl" stop -D "$D" -m {shlex.quote(mode)} -w -t 20 >/dev/null 2>&1; fi\n'
         + "i=0; while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n"
-        + "if alive; then echo running; exit 1; fi; echo stopped\n"
+        + "if alive; then echo running; exit 1; fi\n"
+        # A killed postmaster that nobody reaped stays a zombie, and postgres (or pg_rewind's
+        # single-user recovery) would take the pid file as a live server: it is stale.
+        + 'rm -f "$D/postmaster.pid"; echo stopped\n'
     )
     return await run(runner, node, script, timeout_s=40)
-
-
-async def is_running(runner: HostRunner, node: NodeConfig) -> CommandResult:
-    return await run(
-        runner, node, ALIVE_SH + "if alive; then echo running; else echo stopped; fi", 10
-    )
 
 
 async def fence_command(

@@ -11,11 +11,14 @@ import asyncio
 from ktlo.errors import KtloError
 from tasks.failover.routers.base import Router, RouterAction, register
 
+# A server leaving maintenance counts as UP until `fall` checks fail (HAProxy 2.6; health set
+# while in maintenance is ignored): marking its health down right after makes "enable" mean
+# "back under health checks, down until they pass" (the window is one socket round trip).
 COMMANDS = {
-    RouterAction.DISABLE: "disable server {b}/{s}",
-    RouterAction.ENABLE: "enable server {b}/{s}",
-    RouterAction.DRAIN: "set server {b}/{s} state drain",
-    RouterAction.UP: "set server {b}/{s} health up",
+    RouterAction.DISABLE: ("disable server {b}/{s}",),
+    RouterAction.ENABLE: ("enable server {b}/{s}", "set server {b}/{s} health down"),
+    RouterAction.DRAIN: ("set server {b}/{s} state drain",),
+    RouterAction.UP: ("set server {b}/{s} health up",),
 }
 
 
@@ -59,9 +62,12 @@ class HAProxy(Router):
         return out
 
     async def apply(self, server: str, action: RouterAction) -> None:
-        reply = (await self.command(COMMANDS[action].format(b=self.spec.backend, s=server))).strip()
-        if reply:
-            raise KtloError(f"haproxy refused '{action}' of {self.spec.backend}/{server}: {reply}")
+        for line in COMMANDS[action]:
+            reply = (await self.command(line.format(b=self.spec.backend, s=server))).strip()
+            if reply:
+                raise KtloError(
+                    f"haproxy refused '{action}' of {self.spec.backend}/{server}: {reply}"
+                )
 
 
 register(HAProxy)
