@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ktlo.app.cli.common import console, fail, matches_id, print_json
+from ktlo.app.cli.common import console, esc, fail, matches_id, print_json
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 server_app = typer.Typer(
@@ -24,7 +24,6 @@ def audit_verify(
     ),
 ) -> None:
     """Verify the audit trail: hash chain, head MAC, anchor file, runs (exit 0 intact, 1 tampered)."""
-    from rich.markup import escape
 
     from ktlo.store.audit import verify
 
@@ -46,9 +45,9 @@ def audit_verify(
             }
         )
     elif verdict.ok:
-        console.print(f"[green]✓[/green] {escape(verdict.message)}", soft_wrap=True)
+        console.print(f"[green]✓[/green] {esc(verdict.message)}", soft_wrap=True)
     else:  # one line however narrow the terminal; names and paths are not markup
-        console.print(f"[red]✗ {escape(verdict.message)}[/red]", soft_wrap=True)
+        console.print(f"[red]✗ {esc(verdict.message)}[/red]", soft_wrap=True)
     if not verdict.ok:
         raise typer.Exit(1)
 
@@ -89,7 +88,12 @@ def audit_show(
         table.add_column(col)
     for e in reversed(rows):
         table.add_row(
-            str(e.id), iso(e.ts) or "", e.actor, e.action, e.subject, short_id(e.run_id or "")
+            str(e.id),
+            iso(e.ts) or "",
+            esc(e.actor),
+            esc(e.action),
+            esc(e.subject),
+            esc(short_id(e.run_id or "")),
         )
     console.print(table)
 
@@ -143,7 +147,7 @@ def approve(
         fail(f"could not resume run {approval.flow_run_id}: {exc}")
     verb = "rejected" if reject else "approved"
     console.print(
-        f"{verb} {approval.runbook}/{approval.step_id} (run {approval.flow_run_id}) as {who}"
+        esc(f"{verb} {approval.runbook}/{approval.step_id} (run {approval.flow_run_id}) as {who}")
     )
 
 
@@ -166,7 +170,7 @@ def server_prepare(pool: str = typer.Option("ktlo", help="work pool of the deplo
 
     api = ensure_api()
     for line in asyncio.run(prepare(pool)):
-        console.print(f"{api}: {line}")
+        console.print(esc(f"{api}: {line}"))
 
 
 @server_app.command("stop")
@@ -223,7 +227,7 @@ def deploy(
         )
     text, problems = generate()
     for p in problems:
-        console.print(f"{p}", markup=False, soft_wrap=True)
+        console.print(esc(p), soft_wrap=True)
     if problems:
         fail("invalid runbooks: fix them first (ktlo validate)")
     if not file.exists() or file.read_text(encoding="utf-8") != text:
@@ -233,7 +237,7 @@ def deploy(
     from ktlo.orchestration.prepare import prepare
 
     for line in asyncio.run(prepare()):
-        console.print(line)
+        console.print(esc(line))
     result = subprocess.run(
         [
             sys.executable,
@@ -310,7 +314,7 @@ def deployments(
         fail("give exactly one of --write or --check")
     text, problems = generate()
     for p in problems:
-        console.print(f"{p}", markup=False, soft_wrap=True)
+        console.print(esc(p), soft_wrap=True)
     if problems:
         fail(
             f"{len({p.path for p in problems})} runbook(s) are invalid and do not become deployments"

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ktlo.app.cli.common import ago, console, err_console, print_json
+from ktlo.app.cli.common import ago, console, err_console, esc, print_json
 from ktlo.store.models import iso
 
 backups_app = typer.Typer(help="The backup catalog.", no_args_is_help=True)
@@ -142,7 +142,7 @@ def list_backups(
         print_json({"backups": [_entry_json(e) for e in rows]})
         return
     if not rows:
-        console.print("no backups" + (f" of {source}" if source else "") + " in the catalog")
+        console.print(esc("no backups" + (f" of {source}" if source else "") + " in the catalog"))
         return
     table = Table(title="Backups", title_justify="left")
     for col in ("id", "source", "kind", "created", "size", "verified"):
@@ -161,7 +161,7 @@ def list_backups(
         ]
         if show_all:
             cells.append(e.status + (f": {e.error}" if e.error else ""))
-        table.add_row(*cells, e.location)
+        table.add_row(*(esc(cell) for cell in cells), esc(e.location))
     console.print(table)
 
 
@@ -179,7 +179,7 @@ def show_backup(
         return
     for key, value in data.items():
         if value not in (None, {}, ""):
-            console.print(f"[bold]{key}[/bold]: {value}", markup=True, highlight=False)
+            console.print(f"[bold]{esc(key)}[/bold]: {esc(value)}", highlight=False)
 
 
 @backups_app.command("verify")
@@ -210,9 +210,9 @@ def verify_backup(
         print_json(out.model_dump(mode="json"))
         return
     how = "restored and checked" if deep else "sha256 matches"
-    console.print(f"[green]✓[/green] backup {out.backup_id} ({out.source}): {how}")
+    console.print(f"[green]✓[/green] {esc(f'backup {out.backup_id} ({out.source}): {how}')}")
     for key, value in out.checks.items():
-        console.print(f"  {key}: {value}", markup=False)
+        console.print(esc(f"  {key}: {value}"))
 
 
 def restore(
@@ -241,13 +241,13 @@ def restore(
     from tasks.backup.model import human_bytes
 
     console.print(
-        f"[green]✓[/green] restored {out.backup_id} ({out.source}) → {out.target}: "
+        f"[green]✓[/green] restored {esc(out.backup_id)} ({esc(out.source)}) → {esc(out.target)}: "
         f"{human_bytes(out.bytes)} in {out.duration_ms / 1000:.1f} s",
         markup=True,
         highlight=False,
     )
     for key, value in out.checks.items():
-        console.print(f"  {key}: {value}", markup=False)
+        console.print(esc(f"  {key}: {value}"))
 
 
 def register(app: typer.Typer) -> None:

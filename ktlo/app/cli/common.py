@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from ktlo.status import RunStatus, StepStatus
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# No emoji codes either: `:fire:` in an alert summary stays as sent.
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def esc(value: object) -> str:
+    """Data (step outputs, alert text, runbook names, errors) as console markup.
+
+    Every piece of data a command prints goes through here: rich's markup is escaped (a
+    `[/x]` in a step output raised MarkupError and crashed `ktlo run` after its run had
+    succeeded), and terminal control characters are shown as `\\xNN`, so data can
+    neither break the markup nor drive the terminal. Newlines and tabs stay.
+    """
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value)))
+
 
 STATUS_STYLE: dict[str, str] = {
     RunStatus.SUCCEEDED: "green",
@@ -26,8 +42,9 @@ STATUS_STYLE: dict[str, str] = {
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    """One `error:` line per line of `message` (plain text, never markup) and exit."""
     for line in message.splitlines() or [""]:
-        err_console.print(f"[red]error:[/red] {line}", soft_wrap=True, markup=True, highlight=False)
+        err_console.print(f"[red]error:[/red] {esc(line)}", soft_wrap=True, highlight=False)
     sys.exit(code)
 
 
@@ -36,7 +53,7 @@ def print_json(data: Any) -> None:
 
 
 def styled(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
+    return f"[{STATUS_STYLE.get(status, 'white')}]{esc(status)}[/]"
 
 
 def ago(ts: datetime | None) -> str:

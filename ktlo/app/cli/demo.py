@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.panel import Panel
 
-from ktlo.app.cli.common import console
+from ktlo.app.cli.common import console, esc
 from ktlo.status import RunStatus
 
 REPO_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
@@ -35,17 +35,17 @@ def run_demo() -> None:
     console.print(
         Panel.fit(
             "[bold]ktlo demo[/bold]: runbooks run as Prefect flows, on this machine.\n"
-            f"state: {settings.home_dir}   runbooks: {settings.runbooks_dir}",
+            f"state: {esc(settings.home_dir)}   runbooks: {esc(settings.runbooks_dir)}",
             border_style="cyan",
         )
     )
     console.rule("1. validate every runbook before anything runs")
     runbooks, problems = load_all()
     console.print(
-        f"{len(runbooks)} runbook(s) valid: {', '.join(rb.name for rb in runbooks) or '-'}"
+        esc(f"{len(runbooks)} runbook(s) valid: {', '.join(rb.name for rb in runbooks) or '-'}")
     )
     for p in problems:
-        console.print(f"[red]{p}[/red]", markup=False)
+        console.print(f"[red]{esc(p)}[/red]")
 
     rb = load_runbook(_demo_runbook())
     values = validate_params(rb, {})
@@ -61,7 +61,7 @@ def run_demo() -> None:
     if report and report.get("output"):
         console.print(
             Panel(
-                report["output"]["message"].rstrip(),
+                esc(report["output"]["message"].rstrip()),
                 title="report step output",
                 border_style="green",
             )
@@ -70,13 +70,13 @@ def run_demo() -> None:
     console.rule("4. the audit trail (hash-chained; ktlo audit verify)")
     verdict = verify()
     mark = "[green]✓[/green]" if verdict.ok else "[red]✗[/red]"
-    console.print(f"{mark} {verdict.message}")
+    console.print(f"{mark} {esc(verdict.message)}")
 
     ui = api.removesuffix("/api")
     console.rule("where to look next")
     console.print(
         f"Prefect UI:          {ui}\n"
-        f"  this flow run:     {result['url']}\n"
+        f"  this flow run:     {esc(result['url'])}\n"
         f"  summary artifact:  {ui}/artifacts  (key [bold]runbook-demo[/bold])\n"
         "Try:\n"
         "  ktlo list                                   runbooks and their last result\n"

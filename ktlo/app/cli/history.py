@@ -11,6 +11,7 @@ from ktlo.app.cli.common import (
     ago,
     console,
     duration,
+    esc,
     fail,
     matches_id,
     print_json,
@@ -70,7 +71,7 @@ def reconcile_quietly() -> None:
     try:
         asyncio.run(reconcile())
     except Exception as exc:  # the history is still worth showing
-        console.print(f"[yellow]could not check running runs against Prefect: {exc}[/yellow]")
+        console.print(f"[yellow]could not check running runs against Prefect: {esc(exc)}[/yellow]")
 
 
 def history(
@@ -98,27 +99,27 @@ def history(
     if run_id:
         run, steps = details[0]
         console.print(
-            f"[bold]{run.runbook}[/bold] run {run.id}: {styled(run.status)} "
-            f"({run.trigger}, started {iso(run.started_at)}, took {duration(run.started_at, run.finished_at)})"
+            f"[bold]{esc(run.runbook)}[/bold] run {esc(run.id)}: {styled(run.status)} "
+            f"({esc(run.trigger)}, started {iso(run.started_at)}, took {duration(run.started_at, run.finished_at)})"
         )
         if run.error:
-            console.print(f"[red]{run.error}[/red]", soft_wrap=True, markup=False)
+            console.print(f"[red]{esc(run.error)}[/red]", soft_wrap=True)
         table = Table()
         for col in ("step", "uses", "status", "attempts", "duration", "result"):
             table.add_column(col, overflow="fold")
         for s in steps:
             detail = s.error if s.status in (StepStatus.FAILED, StepStatus.NOT_RUN) else s.summary
             table.add_row(
-                s.step_id,
-                s.uses,
+                esc(s.step_id),
+                esc(s.uses),
                 styled(s.status) + (" (continued)" if s.continued else ""),
                 str(s.attempts or ""),
                 duration(s.started_at, s.finished_at),
-                detail or "",
+                esc(detail or ""),
             )
         console.print(table)
         if run.url:
-            console.print(f"Prefect UI: {run.url}")
+            console.print(f"Prefect UI: {esc(run.url)}")
         return
     if not details:
         console.print("no runs recorded yet")
@@ -129,14 +130,14 @@ def history(
     table.add_column("error", overflow="fold", ratio=1)
     for r, run_steps in details:
         table.add_row(
-            short_id(r.id),
-            r.runbook,
+            esc(short_id(r.id)),
+            esc(r.runbook),
             styled(r.status),
-            r.trigger,
+            esc(r.trigger),
             ago(r.started_at),
             duration(r.started_at, r.finished_at),
             _tally(run_steps),
-            (r.error or "")[:80],
+            esc((r.error or "")[:80]),
         )
     console.print(table)
 

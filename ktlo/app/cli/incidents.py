@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.app.cli.common import ago, console, fail, print_json, short_id
+from ktlo.app.cli.common import ago, console, esc, fail, print_json, short_id
 from ktlo.incidents.store import IncidentStatus, OutboxStatus
 from ktlo.store.models import iso
 
@@ -71,13 +71,13 @@ def list_incidents(
     for column in ("key", "status", "severity", "summary", "runbooks", "repeats", "first seen"):
         table.add_column(column, overflow="fold")
     for r in records:
-        status = f"[{INCIDENT_STYLE.get(r.status, 'white')}]{r.status}[/]"
-        runbooks = ", ".join(r.matched) or "[yellow]none matched[/yellow]"
+        status = f"[{INCIDENT_STYLE.get(r.status, 'white')}]{esc(r.status)}[/]"
+        runbooks = esc(", ".join(r.matched)) or "[yellow]none matched[/yellow]"
         table.add_row(
-            r.key,
+            esc(r.key),
             status,
-            r.severity or "",
-            r.summary[:80],
+            esc(r.severity or ""),
+            esc(r.summary[:80]),
             runbooks,
             str(r.repeats),
             ago(r.first_seen),
@@ -147,7 +147,8 @@ def show(
         return
     latest = records[-1]
     console.print(
-        f"[bold]{latest.key}[/bold]: {latest.summary} ({latest.source}, {latest.severity or 'no severity'})"
+        f"[bold]{esc(latest.key)}[/bold]: {esc(latest.summary)} "
+        f"({esc(latest.source)}, {esc(latest.severity or 'no severity')})"
     )
     table = Table()
     for column in ("when", "what", "detail"):
@@ -165,13 +166,13 @@ def show(
                 detail += f"; {left_out} alerts of its group left out by the sender (max_alerts)"
         elif t["what"] == "incident.run_failed":
             detail = str(t["details"].get("error"))
-        table.add_row(t["at"] or "", t["what"].removeprefix("incident."), detail)
+        table.add_row(esc(t["at"] or ""), esc(t["what"].removeprefix("incident.")), esc(detail))
     console.print(table)
     waiting = [w for w in work if w.status == OutboxStatus.PENDING]
     if waiting:
         console.print(
             f"[yellow]{len(waiting)} action(s) still queued (e.g. the Prefect API was down): "
-            f"{', '.join(f'{w.kind} {w.target}' for w in waiting)}[/yellow]"
+            f"{esc(', '.join(f'{w.kind} {w.target}' for w in waiting))}[/yellow]"
         )
 
 

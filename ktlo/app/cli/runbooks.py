@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.app.cli.common import ago, console, fail, print_json, styled
+from ktlo.app.cli.common import ago, console, esc, fail, print_json, styled
 from ktlo.errors import KtloError, Problem, RunbookInvalid
 from ktlo.status import RunStatus, StepStatus
 from ktlo.store.models import iso
@@ -78,7 +78,7 @@ def validate(
         )
     else:
         for p in problems:
-            console.print(f"{_rel(p.path)}:{p.line}: {p.message}", markup=False, soft_wrap=True)
+            console.print(esc(f"{_rel(p.path)}:{p.line}: {p.message}"), soft_wrap=True)
         ok = f"[green]{len(valid)} valid[/green]"
         bad = f", [red]{len(invalid_files)} invalid[/red]" if invalid_files else ""
         console.print(f"{ok}{bad}")
@@ -142,15 +142,17 @@ def list_runbooks(
         run = last.get(rb.name)
         result = f"{styled(run.status)} {ago(run.started_at)}" if run else "[dim]never run[/dim]"
         table.add_row(
-            rb.name,
-            rb.description.strip().split("\n")[0][:60],
-            _schedule_text(rb),
-            _trigger_text(rb),
+            esc(rb.name),
+            esc(rb.description.strip().split("\n")[0][:60]),
+            esc(_schedule_text(rb)),
+            esc(_trigger_text(rb)),
             result,
         )
     console.print(table)
     for p in problems:
-        console.print(f"[red]invalid:[/red] {_rel(p.path)}:{p.line}: {p.message}", soft_wrap=True)
+        console.print(
+            f"[red]invalid:[/red] {esc(f'{_rel(p.path)}:{p.line}: {p.message}')}", soft_wrap=True
+        )
 
 
 def _value_text(value: Any, limit: int = 300) -> str:
@@ -160,17 +162,16 @@ def _value_text(value: Any, limit: int = 300) -> str:
 
 
 def _print_plan(rb: Any, values: dict[str, Any]) -> None:
-    from rich.markup import escape
     from rich.tree import Tree
 
     from ktlo.engine.plan import plan
 
     steps = plan(rb, values)
     tree = Tree(
-        f"[bold]Plan for runbook {rb.name}[/bold] [dim](dry run: nothing is executed)[/dim]"
+        f"[bold]Plan for runbook {esc(rb.name)}[/bold] [dim](dry run: nothing is executed)[/dim]"
     )
     if values:
-        tree.add("parameters: " + escape(", ".join(f"{k}={v!r}" for k, v in values.items())))
+        tree.add("parameters: " + esc(", ".join(f"{k}={v!r}" for k, v in values.items())))
     for wave in sorted({p.wave for p in steps}):
         in_wave = [p for p in steps if p.wave == wave]
         label = f"[bold]wave {wave}[/bold]" + (
@@ -178,17 +179,17 @@ def _print_plan(rb: Any, values: dict[str, Any]) -> None:
         )
         branch = tree.add(label)
         for p in in_wave:
-            head = f"[cyan]{p.id}[/cyan]  {p.uses}"
+            head = f"[cyan]{esc(p.id)}[/cyan]  {esc(p.uses)}"
             if p.needs:
-                head += f"  [dim]needs {', '.join(p.needs)}[/dim]"
+                head += f"  [dim]needs {esc(', '.join(p.needs))}[/dim]"
             if p.options:
-                head += f"  [yellow]{escape(p.options)}[/yellow]"
+                head += f"  [yellow]{esc(p.options)}[/yellow]"
             node = branch.add(head)
             if p.condition:
-                node.add(f"if: {escape(p.condition)}")
+                node.add(f"if: {esc(p.condition)}")
             inputs = p.inputs if isinstance(p.inputs, dict) else {"with": p.inputs}
             for key, value in inputs.items():
-                node.add(f"[dim]{escape(str(key))}:[/dim] {escape(_value_text(value))}")
+                node.add(f"[dim]{esc(key)}:[/dim] {esc(_value_text(value))}")
     console.print(tree)
 
 
@@ -212,7 +213,7 @@ def run(
             print_json({"status": "invalid", "problems": [_problem_json(p) for p in exc.problems]})
             raise typer.Exit(1) from None
         for p in exc.problems:
-            console.print(f"{_rel(p.path)}:{p.line}: {p.message}", markup=False, soft_wrap=True)
+            console.print(esc(f"{_rel(p.path)}:{p.line}: {p.message}"), soft_wrap=True)
         fail(f"runbook {ref} is invalid; nothing was run")
     values = validate_params(rb, parse_cli_params(rb, param or []))
     if dry_run:
@@ -302,7 +303,7 @@ def _first_line(text: str | None, limit: int = 120) -> str:
 
 def show_result(result: dict[str, Any]) -> None:
     table = Table(
-        title=f"Runbook {result['runbook']}: {styled(result['status'])}", title_justify="left"
+        title=f"Runbook {esc(result['runbook'])}: {styled(result['status'])}", title_justify="left"
     )
     for col in ("step", "uses", "status", "attempts", "duration", "result"):
         table.add_column(col, overflow="fold")
@@ -313,18 +314,18 @@ def show_result(result: dict[str, Any]) -> None:
         )
         ms = s["duration_ms"]
         table.add_row(
-            s["id"],
-            s["uses"],
+            esc(s["id"]),
+            esc(s["uses"]),
             status,
             str(s["attempts"] or ""),
             "" if ms is None else (f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"),
-            _first_line(detail),
+            esc(_first_line(detail)),
         )
     console.print(table)
     if result["error"]:
-        console.print(f"[red]{result['error']}[/red]", soft_wrap=True)
+        console.print(f"[red]{esc(result['error'])}[/red]", soft_wrap=True)
     if result["url"]:
-        console.print(f"Flow run in the Prefect UI: {result['url']}")
+        console.print(f"Flow run in the Prefect UI: {esc(result['url'])}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ktlo.app.cli.common import console, fail
+from ktlo.app.cli.common import console, esc, fail
 
 
 def _token(insecure_no_auth: bool) -> str | None:
@@ -50,8 +50,8 @@ def serve(
     token = None if no_webhook else _token(insecure_no_auth)
     api = ensure_api()
     logging.getLogger("ktlo").setLevel(logging.INFO)  # Prefect's console handler prints it
-    console.print(f"ktlo serve: runbooks {get_settings().runbooks_dir}, Prefect API {api}")
-    console.print(f"Prefect UI: {api.removesuffix('/api')}  (Deployments → runbook/… → Run)")
+    console.print(esc(f"ktlo serve: runbooks {get_settings().runbooks_dir}, Prefect API {api}"))
+    console.print(esc(f"Prefect UI: {api.removesuffix('/api')}  (Deployments → runbook/… → Run)"))
     options = ServeOptions(
         host=host,
         port=port,

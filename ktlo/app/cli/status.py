@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ktlo.app.cli.common import ago, console, fail, print_json
+from ktlo.app.cli.common import ago, console, esc, fail, print_json
 from ktlo.store.models import iso
 
 STATE_STYLE = {"OK": "green", "DEGRADED": "yellow", "FAILING": "bold red"}
@@ -64,7 +64,6 @@ def status(
     ),
 ) -> None:
     """The current state of every health check (worst first)."""
-    from rich.markup import escape
     from rich.table import Table
 
     from tasks.health.store import current_states
@@ -87,19 +86,19 @@ def status(
         table.add_column(col, no_wrap=True)
     table.add_column("detail", overflow="fold", ratio=1, min_width=24)
     for r in rows:
-        detail = escape("; ".join([*_failing(r), *([r.last_error] if r.last_error else [])]))
+        detail = esc("; ".join([*_failing(r), *([r.last_error] if r.last_error else [])]))
         if r.state == "OK" and r.last_health != "ok":
             detail = f"last probe {r.last_health}: {detail}"
         if r.suppressed:
-            detail += f" [dim](alerts suppressed: {escape(r.suppressed)})[/]"
+            detail += f" [dim](alerts suppressed: {esc(r.suppressed)})[/]"
         if r.remediation_runbook:
-            detail += escape(f" (remediation {r.remediation_runbook}: {r.remediation_status})")
+            detail += esc(f" (remediation {r.remediation_runbook}: {r.remediation_status})")
         latency = f"{r.last_duration_ms:.0f} ms" if r.last_duration_ms is not None else ""
         style = STATE_STYLE.get(r.state, "white")
         table.add_row(
-            r.name,
-            f"{r.runbook}/{r.step_id}",
-            f"[{style}]{r.state}[/]",
+            esc(r.name),
+            esc(f"{r.runbook}/{r.step_id}"),
+            f"[{style}]{esc(r.state)}[/]",
             ago(r.since),
             ago(r.last_checked_at),
             latency,
