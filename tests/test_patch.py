@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.helpers import cli
 from tests.labs import fleet_apt
 from tests.labs.fleet import Fleet
 
@@ -53,6 +56,16 @@ def test_scan_changes_nothing_and_finds_the_plan(fleet: Fleet, patching: Any) ->
     assert sorted(one["security"]) == ["lab-ssl=1.0.1", "lab-zlib=1.0.1"]
     assert not one["reboot_required"]
     assert len({h["plan_hash"] for h in out["hosts"]}) == 1
+    status = cli("patch", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)["hosts"]
+    assert {r["state"] for r in rows} == {"Missing"}
+    assert {(p["name"], p["version"], p["security"]) for p in rows[0]["pending"]} == {
+        (n, v, n in fleet_apt.SECURITY) for n, v in fleet_apt.UPGRADES.items()
+    }
+    plan = cli("patch", "plan", "lab-01")
+    assert plan.returncode == 0, plan.stderr
+    assert "lab-ssl 1.0 → 1.0.1 security" in plan.stdout
 
 
 def test_rollout_patches_the_fleet_and_a_rerun_skips(fleet: Fleet, patching: Any) -> None:
@@ -66,6 +79,31 @@ def test_rollout_patches_the_fleet_and_a_rerun_skips(fleet: Fleet, patching: Any
         assert fleet.installed(name) == {**fleet_apt.INSTALLED, **fleet_apt.UPGRADES}
     again = patching("patch.rollout", batches=[20])
     assert set(_outcomes(again).values()) == {"skipped"}
+    states = json.loads(cli("patch", "status", "--json").stdout)["hosts"]
+    assert {h["state"] for h in states} == {"Installed"}
+
+
+def test_shipped_rollout_runbook(fleet: Fleet, patching: Any, run: Any) -> None:
+    patching("patch.scan", hosts="lab-11,lab-12,lab-13")  # sets KTLO_INVENTORY
+    runbook = Path(__file__).resolve().parents[1] / "runbooks" / "patch-rollout.yaml"
+    result = run(
+        runbook,
+        hosts="lab-11,lab-12,lab-13",
+        batches=[1, "50%"],
+        max_failed="1",
+        health=GATE,
+        reboot="never",
+        approval=False,
+    )
+    assert result.status == "succeeded", {k: s.error for k, s in result.steps.items()}
+    canary = _outcomes_of(result, "canary")
+    rest = _outcomes_of(result, "rollout")
+    assert canary == {"lab-11": "patched"}
+    assert rest == {"lab-11": "skipped", "lab-12": "patched", "lab-13": "patched"}
+
+
+def _outcomes_of(result: Any, step: str) -> dict[str, str]:
+    return {h["host"]: h["outcome"] for h in result.steps[step].output["hosts"]}
 
 
 def test_failures_are_contained_and_an_all_failed_batch_does_not_stop_the_run(

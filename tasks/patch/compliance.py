@@ -6,13 +6,18 @@ from tasks.patch.baseline import Baseline
 from tasks.patch.model import Compliance, Outcome, Update
 
 
-def drift(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> list[str]:
-    """Packages whose installed version changed between two scans (`provider:name old->new`)."""
+def drift(
+    before: dict[str, dict[str, str]],
+    after: dict[str, dict[str, str]],
+    ours: frozenset[tuple[str, str]] = frozenset(),
+) -> list[str]:
+    """Packages whose version changed between two scans (`provider:name old->new`), except
+    the ones ktlo itself changed (`ours`: (provider, name))."""
     out: list[str] = []
     for provider in sorted(set(before) | set(after)):
         old, new = before.get(provider, {}), after.get(provider, {})
         for name in sorted(set(old) | set(new)):
-            if old.get(name) != new.get(name):
+            if old.get(name) != new.get(name) and (provider, name) not in ours:
                 out.append(f"{provider}:{name} {old.get(name) or '-'}->{new.get(name) or '-'}")
     return out
 

@@ -240,5 +240,9 @@ class HostPatch:
         )
         if fresh.error is None:
             scanning.record(
-                fresh, self.inputs.baseline, self.shared.run_id, str(self.report.outcome)
+                fresh,
+                self.inputs.baseline,
+                self.shared.run_id,
+                str(self.report.outcome),
+                ours=frozenset(self.restore),
             )

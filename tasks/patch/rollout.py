@@ -35,6 +35,8 @@ PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 def _count(value: int | str, total: int, *, at_least: int) -> int:
     if isinstance(value, int):
         return max(value, at_least)
+    if value.strip().isdigit():
+        return max(int(value), at_least)
     m = PERCENT.match(value)
     if m is None:
         raise ValueError(f"{value!r} is neither a number nor a percentage like '20%'")
@@ -76,6 +78,10 @@ class RolloutInput(PatchCommon):
     window_end: datetime | None = Field(default=None, description="maintenance window end")
     cutoff_s: float = Field(default=0, ge=0, description="no host starts after window_end - this")
     lock_ttl_s: float = Field(default=6 * 3600, gt=0, description="a dead run's host lock expires")
+    limit: int | None = Field(default=None, ge=1, description="only the first N hosts (a canary)")
+    failed_before: int = Field(
+        default=0, ge=0, description="failures already spent by an earlier rollout step of this run"
+    )
 
     @field_validator("batches")
     @classmethod
@@ -139,12 +145,15 @@ class Rollout:
         self.hosts = hosts
         self.run_id = run_id
         self.max_failed = _count(inputs.max_failed, len(hosts), at_least=0)
+        self.failed_before = inputs.failed_before
+        if inputs.limit is not None:
+            self.hosts = hosts = hosts[: inputs.limit]
         self.reports = {h.name: HostReport(h.name) for h in hosts}
         self.batches: list[BatchReport] = []
 
     @property
     def failed(self) -> int:
-        return sum(r.counts_failed for r in self.reports.values())
+        return self.failed_before + sum(r.counts_failed for r in self.reports.values())
 
     @property
     def budget_spent(self) -> bool:

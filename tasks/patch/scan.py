@@ -118,7 +118,11 @@ async def probe(
 
 
 def record(
-    scan: HostScan, baseline: Baseline, run_id: str | None, last_outcome: str | None = None
+    scan: HostScan,
+    baseline: Baseline,
+    run_id: str | None,
+    last_outcome: str | None = None,
+    ours: frozenset[tuple[str, str]] = frozenset(),
 ) -> HostScan:
     """Store the scan, apply the baseline, compute and store the host's state."""
     applicable = any(p.applicable for p in scan.providers)
@@ -139,7 +143,7 @@ def record(
     )
     scan.scan_id = row.id
     scan.approved, scan.rejected = baseline.approve(scan.pending, store.first_seen(), utcnow())
-    scan.drift = drift(previous.installed, scan.installed) if previous is not None else []
+    scan.drift = drift(previous.installed, scan.installed, ours) if previous is not None else []
     if scan.error is not None:
         scan.state = Compliance.FAILED
     else:
