@@ -176,7 +176,7 @@ def test_status_page_dashboard_and_badges_from_real_sweeps(
         data = json.loads(get(f"{base}/api/status")[2])
         found = {c["name"]: c for g in data["groups"] for c in g["checks"]}
         assert found["orders-api"]["uptime"]["7d"] == float(uptime["orders-api"].rstrip("%"))
-        assert len(found["orders-api"]["bar"]) == 24
+        assert len(found["orders-api"]["bar"]["states"]) == 24
         status, kind, badge = get(f"{base}/badges/orders-api/uptime-7d.svg")
         assert (status, kind) == (200, "image/svg+xml")
         assert svg_texts(badge) == ["uptime 7d", uptime["orders-api"]]

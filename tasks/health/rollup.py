@@ -66,7 +66,7 @@ def add(conn: Connection, results: list[Result], now: datetime) -> None:
     # greatest() is max() in SQLite's scalar form
     greatest = "greatest" if dialect is postgresql else "max"
     totals["ms_max"] = getattr(func, greatest)(BUCKET.c.ms_max, new.ms_max)
-    upsert = stmt.on_conflict_do_update(index_elements=["key", "span_s", "start"], set_=totals)
+    upsert = stmt.on_conflict_do_update(index_elements=["span_s", "start", "key"], set_=totals)
     conn.execute(upsert, [_row(r, span, now) for span in (HOUR_S, DAY_S) for r in results])
     for span, days in ((HOUR_S, HOURLY_KEEP_DAYS), (DAY_S, DAILY_KEEP_DAYS)):
         cutoff = bucket_start(now - timedelta(days=days), span)

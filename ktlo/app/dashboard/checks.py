@@ -9,11 +9,11 @@ from the last 7 and 30 daily buckets (UTC days, today included).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from ktlo.app.dashboard.model import (
-    Cell,
+    Bar,
     CellState,
     Check,
     CheckView,
@@ -23,7 +23,7 @@ from ktlo.app.dashboard.model import (
     utc,
 )
 from tasks.health.rollup import bucket_start
-from tasks.health.store import DAY_S, HOUR_S, CheckState, buckets_since, current_states, day_totals
+from tasks.health.store import DAY_S, HOUR_S, CheckState, current_states, day_totals, hour_counts
 
 BAR_CELLS = 24  # one per hour
 WORST = {"FAILING": 0, "DEGRADED": 1, "OK": 2}
@@ -50,55 +50,61 @@ def view(row: CheckState) -> CheckView:
     return CheckView(row.state)
 
 
-def _cell(start: datetime, b: Any | None) -> Cell:
-    if b is None:
-        return Cell(start=start, state=CellState.NONE)
-    up = b.ok + b.degraded
-    counted = up + b.failing
-    state = (
-        CellState.FAILING
-        if b.failing
-        else CellState.DEGRADED
-        if b.degraded
-        else CellState.OK
-        if b.ok
-        else CellState.MAINTENANCE
-    )
-    return Cell(start=start, state=state, up=up, counted=counted)
+@dataclass
+class _Hours:
+    """One check's last 24 hours, built in one pass over the bucket rows."""
+
+    states: list[CellState] = field(default_factory=lambda: [CellState.NONE] * BAR_CELLS)
+    up: list[int] = field(default_factory=lambda: [0] * BAR_CELLS)
+    counted: list[int] = field(default_factory=lambda: [0] * BAR_CELLS)
+    ms: list[float | None] = field(default_factory=lambda: [None] * BAR_CELLS)
+
+    def add(self, i: int, ok: int, degraded: int, failing: int, ms_sum: float, ms_n: int) -> None:
+        self.up[i] = ok + degraded
+        self.counted[i] = ok + degraded + failing
+        self.states[i] = (
+            CellState.FAILING
+            if failing
+            else CellState.DEGRADED
+            if degraded
+            else CellState.OK
+            if ok
+            else CellState.MAINTENANCE
+        )
+        self.ms[i] = round(ms_sum / ms_n, 1) if ms_n else None
 
 
 def gather(now: datetime) -> list[Check]:
     """Every check, worst first, with its bar (one cell per hour of the last 24)."""
     first_hour = bucket_start(now, HOUR_S) - timedelta(hours=BAR_CELLS - 1)
     today = bucket_start(now, DAY_S)
-    hours = [first_hour + timedelta(hours=i) for i in range(BAR_CELLS)]
-    origin = first_hour.timestamp()
-    hourly: dict[str, list[Any | None]] = defaultdict(lambda: [None] * BAR_CELLS)
-    for b in buckets_since(HOUR_S, first_hour):
-        start = utc(b.start)
-        assert start is not None
-        index = int((start.timestamp() - origin) // HOUR_S)
-        if 0 <= index < BAR_CELLS:
-            hourly[b.key][index] = b
+    hourly: dict[str, _Hours] = defaultdict(_Hours)
+    for key, i, ok, degraded, failing, _maintenance, ms_sum, ms_n in hour_counts(
+        [first_hour + timedelta(hours=i) for i in range(BAR_CELLS)]
+    ):
+        if i >= 0:
+            hourly[key].add(i, ok, degraded, failing, ms_sum, ms_n)
     days = day_totals({"7d": today - timedelta(days=6), "30d": today - timedelta(days=29)})
     checks = [
-        _check(row, hours, hourly.get(row.key), days.get(row.key, {})) for row in current_states()
+        _check(row, first_hour, hourly.get(row.key) or _Hours(), days.get(row.key, {}))
+        for row in current_states()
     ]
     checks.sort(key=lambda c: (ORDER[c.state], c.runbook, c.name))
     return checks
 
 
 def _check(
-    row: CheckState,
-    hours: list[datetime],
-    buckets: list[Any | None] | None,
-    days: dict[str, tuple[int, int]],
+    row: CheckState, first_hour: datetime, hours: _Hours, days: dict[str, tuple[int, int]]
 ) -> Check:
-    buckets = buckets or [None] * BAR_CELLS
-    bar = [_cell(start, b) for start, b in zip(hours, buckets, strict=True)]
-    response = [round(b.ms_sum / b.ms_n, 1) if b is not None and b.ms_n else None for b in buckets]
+    bar = Bar(
+        start=first_hour,
+        span_s=HOUR_S,
+        states=hours.states,
+        up=hours.up,
+        counted=hours.counted,
+    )
     uptime = Uptime(
-        h24=percent(sum(c.up for c in bar), sum(c.counted for c in bar)),
+        h24=percent(sum(hours.up), sum(hours.counted)),
         d7=percent(*days.get("7d", (0, 0))),
         d30=percent(*days.get("30d", (0, 0))),
     )
@@ -117,7 +123,7 @@ def _check(
         since=utc(row.since),
         last_checked_at=utc(row.last_checked_at),
         latency_ms=row.last_duration_ms,
-        response_ms=response,
+        response_ms=hours.ms,
         last_error=row.last_error,
         suppressed=row.suppressed,
         run_url=row.last_url,

@@ -38,13 +38,15 @@ class CellState(StrEnum):
     NONE = "none"  # no results in the interval
 
 
-class Cell(BaseModel):
-    """One interval of the uptime bar."""
+class Bar(BaseModel):
+    """The uptime bar: one interval per cell, oldest first (lists, not objects: a page of
+    1,000 checks has 24,000 cells)."""
 
-    start: datetime
-    state: CellState
-    up: int = 0
-    counted: int = 0
+    start: datetime = Field(description="start of the first cell (UTC)")
+    span_s: int = Field(description="length of each cell in seconds")
+    states: list[CellState] = Field(description="each cell's worst counted result")
+    up: list[int] = Field(description="results up (ok or degraded) per cell")
+    counted: list[int] = Field(description="results counted per cell (maintenance is not)")
 
 
 class Uptime(BaseModel):
@@ -61,7 +63,7 @@ class PublicCheck(BaseModel):
     name: str
     state: CheckView
     uptime: Uptime
-    bar: list[Cell] = Field(description="one cell per hour, oldest first (24 cells)")
+    bar: Bar = Field(description="one cell per hour of the last 24")
 
 
 class Group(BaseModel):
