@@ -119,6 +119,17 @@ def kill_and_watch(lab: PgLab, victim: str) -> tuple[float, dict[str, Any]]:
     return killed, acted[0]
 
 
+def start_failover(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`ktlo run pg-failover -p cluster=lab --json` in its own process (as an alert would)."""
+    return subprocess.Popen(
+        [KTLO, "run", str(RUNBOOKS / "pg-failover.yaml"), "-p", "cluster=lab", "--json"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def audit_actions() -> list[str]:
     from ktlo.store.audit import events
 
@@ -261,16 +272,7 @@ def test_switchover_and_failback_lose_nothing(lab: PgLab, env: dict[str, str]) -
 def test_started_twice_for_one_failure_one_acts(lab: PgLab, env: dict[str, str]) -> None:
     old = primary(lab)
     lab.kill9(old)
-    procs = [
-        subprocess.Popen(
-            [KTLO, "run", str(RUNBOOKS / "pg-failover.yaml"), "-p", "cluster=lab", "--json"],
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [start_failover(env) for _ in range(2)]
     outcomes = []
     for p in procs:
         out, err = p.communicate(timeout=180)
@@ -352,13 +354,7 @@ def test_lagging_async_replica_is_not_promoted_without_approval(
         lab.kill9(old)
     finally:
         writer.stop()
-    proc = subprocess.Popen(
-        [KTLO, "run", str(RUNBOOKS / "pg-failover.yaml"), "-p", "cluster=lab", "--json"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_failover(env)
     from ktlo.engine import approvals
 
     deadline = time.monotonic() + 90
