@@ -54,6 +54,12 @@ def verify_runbook(name: str, checks: list[dict[str, Any]]) -> Runbook:
         {
             "name": name,
             "description": "DR drill: verify a recovered service",
-            "steps": [{"id": "verify", "uses": VERIFY_STEP, "with": {"checks": checks}}],
+            "steps": [
+                {
+                    "id": "verify",
+                    "uses": VERIFY_STEP,
+                    "with": {"checks": checks, "fail_on_failure": True},
+                }
+            ],
         }
     )
