@@ -205,3 +205,83 @@ def test_reboot_if_needed_is_confirmed_by_a_new_boot_id(fleet: Fleet, patching: 
     assert not rows["lab-10"]["rebooted"]
     assert fleet["lab-09"].boot_id() != boot
     assert fleet["lab-09"].reboots == 1
+
+
+def test_pip_and_script_providers(fleet: Fleet, patching: Any) -> None:
+    from tests.labs import fleet_pip
+
+    pip = {
+        "kind": "pip",
+        "venv": "{vars.venv}",
+        "audit_args": ["-s", "osv", "--osv-url", fleet.osv_url],
+    }
+    script = {
+        "kind": "script",
+        "name": "firmware",
+        "scan": """echo '{"installed": {"bios": "1.0"}, "pending": [{"name": "bios", "version": "1.2", "security": true}]}'""",
+        "install": 'echo "$KTLO_PATCH_PLAN" > "$HOME/firmware-plan"',
+        "rollback": "true",
+    }
+    result = patching("patch.scan", hosts="lab-14", providers=[pip, script])
+    assert result.status == "succeeded", result.steps["patch"].error
+    row = result.steps["patch"].output["hosts"][0]
+    assert row["error"] is None
+    assert sorted(row["approved"]) == sorted(
+        [f"{n}={v}" for n, v in fleet_pip.PIP_OUTDATED.items()] + ["bios=1.2"]
+    )
+    assert sorted(row["security"]) == ["bios=1.2", "lab-httpkit=1.1"]
+    security = cli("patch", "plan", "lab-14", "--json", "--security")
+    packages = json.loads(security.stdout)["hosts"][0]["packages"]
+    httpkit = next(p for p in packages if p["name"] == "lab-httpkit")
+    assert fleet_pip.VULN_ID in httpkit["advisories"]
+    yamlish = next(p for p in packages if p["name"] == "lab-yamlish")
+    assert (yamlish["install"], yamlish["why_not"]) == (False, "not a security update")
+    rolled = patching(
+        "patch.rollout",
+        hosts="lab-14",
+        providers=[pip],
+        baseline={"classes": "security"},
+        batches=[1],
+        reboot="never",
+    )
+    assert _outcomes(rolled) == {"lab-14": "patched"}
+    assert fleet.pip_installed("lab-14")["lab-httpkit"] == "1.1"
+    assert fleet.pip_installed("lab-14")["lab-yamlish"] == "1.0"
+
+
+def test_baseline_rules() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.patch.baseline import Baseline
+    from tasks.patch.model import Update
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    ssl = Update(provider="apt", name="lab-ssl", current="1.0", version="1.0.1", security=True)
+    app = Update(provider="apt", name="lab-app", current="1.0", version="1.1")
+    seen = {("apt", "lab-ssl", "1.0.1"): now - timedelta(days=8), ("apt", "lab-app", "1.1"): now}
+    approved, rejected = Baseline(min_age_days=7).approve([ssl, app], seen, now)
+    assert [u.pin for u in approved] == ["lab-ssl=1.0.1"]
+    assert rejected == {"lab-app=1.1": "seen less than 7 days ago"}
+    assert Baseline(classes="security").approve([ssl, app], seen, now)[1] == {
+        "lab-app=1.1": "not a security update"
+    }
+    assert Baseline(deny=["lab-a*"]).approve([ssl, app], seen, now)[1] == {"lab-app=1.1": "denied"}
+    assert Baseline(allow=["lab-app"]).approve([ssl, app], seen, now)[0] == [app]
+    pinned, _ = Baseline(pins={"lab-app": "1.0.5"}).approve([app], seen, now)
+    assert [u.pin for u in pinned] == ["lab-app=1.0.5"]
+    assert Baseline(deny=["lab-ssl=1.0.*"]).rejects_installed("lab-ssl", "1.0.1")
+
+
+def test_no_inventory_is_one_clear_line(
+    run: Any, home: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ktlo.settings import reload_settings
+
+    monkeypatch.setenv("KTLO_INVENTORY", str(home.runbooks / "missing.yaml"))
+    reload_settings()
+    runbook = Path(__file__).resolve().parents[1] / "runbooks" / "patch-scan.yaml"
+    result = run(runbook)
+    assert result.status == "failed"
+    error = result.steps["scan"].error or ""
+    assert error.startswith("no inventory at"), error
+    assert "Traceback" not in error

@@ -18,7 +18,7 @@ from ktlo.store.models import utcnow
 from tasks.patch import scan as scanning
 from tasks.patch import store
 from tasks.patch.gate import run_gate
-from tasks.patch.model import Outcome, Update
+from tasks.patch.model import Outcome, Update, plan_hash
 from tasks.patch.providers import ProviderBase
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class HostPatch:
         if stored is None:
             return self._end(Outcome.FAILED, "never scanned: run patch.scan first")
         pending = [Update.model_validate(u) for u in stored.pending]
+        pending = [u for u in pending if u.provider in self.providers]  # this rollout's only
         approved, _ = self.inputs.baseline.approve(pending, store.first_seen(), utcnow())
         self.report.planned = [u.pin for u in approved]
         if not approved:
@@ -111,12 +112,12 @@ class HostPatch:
         )
         if now.error is not None:
             return self._end(Outcome.FAILED, now.error)
-        if now.plan_hash != stored.plan_hash:
+        if now.plan_hash != plan_hash(pending):
             _audit("patch.refused", self.host.name, None, reason="plan changed since scan")
             return self._end(
                 Outcome.FAILED,
                 f"refused: the pending updates changed since the scan of {stored.scanned_at:%Y-%m-%d %H:%M} "
-                f"(plan {stored.plan_hash} -> {now.plan_hash}); scan again and review",
+                f"(plan {plan_hash(pending)} -> {now.plan_hash}); scan again and review",
             )
         before = now.installed
         restore = self.restore = {
