@@ -5,7 +5,9 @@ effect is idempotent: flow runs are created with an idempotency key per (inciden
 runbook), events carry a deterministic id. So an item done twice after a crash still starts
 one run. When the Prefect API is down, items wait with a capped backoff and go out when it
 returns; a runbook without a deployment is retried for a while, then marked failed (and
-audited) rather than retried forever.
+audited) rather than retried forever. An item the API refuses for good (a permanent 4xx,
+e.g. 422 for an event with too many labels) is dead-lettered: never retried, logged once,
+shown by `ktlo incidents` and `/healthz`. Events are trimmed to Prefect's limits first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +26,14 @@ from sqlalchemy import Table, func, or_, select, update
 
 from ktlo import notify
 from ktlo.errors import KtloError
+from ktlo.incidents.delivery import (
+    backoff,
+    brief,
+    event_json,
+    refused_for_good,
+    retry_delay,
+    worth_logging,
+)
 from ktlo.incidents.intake import RunbookIndex
 from ktlo.incidents.store import OutboxItem, OutboxStatus, WorkKind
 from ktlo.orchestration.launch import NotDeployed, astart_runbook, deployment_id
@@ -35,10 +44,8 @@ from ktlo.store.models import utcnow
 log = logging.getLogger("ktlo.incidents.outbox")
 
 _OUTBOX: Table = OutboxItem.__table__  # type: ignore[attr-defined]
-EVENT_NAMESPACE = uuid.UUID("5b6a3c0e-7f61-4a51-9d2e-6c1b1f0a2b7d")
 DEPLOYMENT_TTL_S = 30
 LEASE_S = 20  # an item claimed by a receiver that died is retried after this
-MAX_BACKOFF_S = 30
 NOT_DEPLOYED_ATTEMPTS = 30  # about ten minutes of waiting for `ktlo serve` to deploy it
 MAX_IN_FLIGHT = 50  # items claimed and not yet done, per dispatcher
 # Acknowledgements first: while alerts pour in (BURST_ALERTS within BURST_WINDOW_S, the last
@@ -72,11 +79,8 @@ class Done:
     error: str | None = None
     retry_in: float | None = None
     failed: bool = False
+    dead: bool = False  # refused for good by the Prefect API
     audit: tuple[str, str, dict[str, Any], str | None] | None = None
-
-
-def _backoff(attempts: int) -> float:
-    return float(min(MAX_BACKOFF_S, 2 ** max(0, attempts - 1) * 0.5))
 
 
 class Dispatcher:
@@ -163,8 +167,11 @@ class Dispatcher:
                         next_attempt_at=now + timedelta(seconds=o.retry_in), error=o.error
                     )
                 else:
+                    ended = OutboxStatus.DONE
+                    if o.failed:
+                        ended = OutboxStatus.DEAD if o.dead else OutboxStatus.FAILED
                     values.update(
-                        status=OutboxStatus.FAILED if o.failed else OutboxStatus.DONE,
+                        status=ended,
                         done_at=now,
                         result=o.result,
                         error=o.error,
@@ -215,18 +222,38 @@ class Dispatcher:
                     log.error("incident %s: %s", item.incident_id, exc)
                 else:
                     await self._finish(
-                        Done(item, error=str(exc), retry_in=_backoff(item.attempts + 1) + 5)
+                        Done(item, error=str(exc), retry_in=backoff(item.attempts + 1) + 5)
                     )
-            except Exception as exc:  # the Prefect API is down or slow: try again later
-                message = f"{type(exc).__name__}: {exc}"
-                await self._finish(Done(item, error=message, retry_in=_backoff(item.attempts + 1)))
-                log.warning(
-                    "outbox item %s (%s %s) will be retried: %s",
-                    item.id,
-                    item.kind,
-                    item.target,
-                    message,
-                )
+            except Exception as exc:  # the Prefect API is down, slow, or refuses the item
+                await self._failed(item, exc)
+
+    async def _failed(self, item: Work, exc: BaseException) -> None:
+        """Dead-letter an item the API refuses for good; otherwise retry it later."""
+        message = brief(exc)
+        target = item.target[:200]
+        if refused_for_good(exc):
+            details = {"incident_id": item.incident_id, "kind": item.kind, "error": message}
+            dead = ("incident.outbox_dead", item.target, details, None)
+            await self._finish(Done(item, error=message, failed=True, dead=True, audit=dead))
+            log.error(
+                "outbox item %s (%s %s) refused by the Prefect API, dead-lettered: %s",
+                item.id,
+                item.kind,
+                target,
+                message,
+            )
+            return
+        retry_in = retry_delay(exc, item.attempts + 1)
+        await self._finish(Done(item, error=message, retry_in=retry_in))
+        if worth_logging(item.attempts + 1):
+            log.warning(
+                "outbox item %s (%s %s) will be retried in %.0f s: %s",
+                item.id,
+                item.kind,
+                target,
+                retry_in,
+                message,
+            )
 
     async def _deployment(self, runbook: str) -> Any:
         loop = asyncio.get_running_loop()
@@ -261,46 +288,30 @@ class Dispatcher:
             except Exception as exc:  # the poller will still pick it up
                 log.warning("could not hand flow run %s to the runner: %s", flow_run_id, exc)
 
-    @staticmethod
-    def _event(item: Work) -> dict[str, Any]:
-        incident: dict[str, Any] = item.payload
-        labels = {
-            k: str(v)
-            for k, v in (incident.get("labels") or {}).items()
-            if not k.startswith("prefect.")
-        }
-        return {
-            # A deterministic id: sending it twice after a crash records it once.
-            "id": str(uuid.uuid5(EVENT_NAMESPACE, f"{item.incident_id}:{item.target}")),
-            "occurred": utcnow().isoformat(),
-            "event": item.target,
-            "resource": {
-                **labels,
-                "prefect.resource.id": f"ktlo.incident.{item.incident_id}",
-                "prefect.resource.name": str(incident.get("summary", ""))[:200],
-                "ktlo.incident.key": str(incident.get("key", "")),
-                "ktlo.incident.source": str(incident.get("source", "")),
-                "ktlo.incident.severity": str(incident.get("severity") or ""),
-            },
-            "related": [],
-            "payload": {"incident": incident},
-        }
-
     async def emit_events(self, items: list[Work]) -> None:
         """All events of a batch in one request (self-hosted servers take POST /api/events)."""
         if not items:
             return
         try:
             response = await self._client._client.post(
-                "/events", json=[self._event(i) for i in items]
+                "/events", json=[event_json(i.incident_id, i.target, i.payload) for i in items]
             )
             response.raise_for_status()
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            await self._finish(
-                *(Done(i, error=message, retry_in=_backoff(i.attempts + 1)) for i in items)
-            )
-            log.warning("events will be retried: %s", message)
+            if refused_for_good(exc) and len(items) > 1:
+                for one in items:  # find the one the API refuses; the others go out
+                    await self.emit_events([one])
+                return
+            if refused_for_good(exc):
+                await self._failed(items[0], exc)
+                return
+            message = brief(exc)
+            retry_in = retry_delay(exc, max(i.attempts for i in items) + 1)
+            await self._finish(*(Done(i, error=message, retry_in=retry_in) for i in items))
+            if any(worth_logging(i.attempts + 1) for i in items):
+                log.warning(
+                    "%d event(s) will be retried in %.0f s: %s", len(items), retry_in, message
+                )
             return
         await self._finish(*(Done(i, result="emitted") for i in items))
 
@@ -375,13 +386,15 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=idle_s)
 
     def pending(self) -> int:
-        with engine().connect() as conn:
-            count = conn.execute(
-                select(func.count())
-                .select_from(_OUTBOX)
-                .where(_OUTBOX.c.status == OutboxStatus.PENDING)
-            ).scalar()
-        return int(count or 0)
+        return count_outbox(OutboxStatus.PENDING)
+
+
+def count_outbox(status: OutboxStatus) -> int:
+    with engine().connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == status)
+        ).scalar()
+    return int(count or 0)
 
 
 def store_ok() -> bool:

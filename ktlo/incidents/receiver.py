@@ -20,9 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from ktlo import __version__
 from ktlo.incidents.guard import DEFAULT_LIMIT, LIMITS, PAYLOAD_KEY, Guard, Signature, limit_text
 from ktlo.incidents.intake import Ack, Intake, RunbookIndex
-from ktlo.incidents.outbox import Dispatcher, store_ok
+from ktlo.incidents.outbox import Dispatcher, count_outbox, store_ok
 from ktlo.incidents.server import make_server
 from ktlo.incidents.sources import PAYLOADS, AlertmanagerPayload, GrafanaPayload, normalise
+from ktlo.incidents.store import OutboxStatus
 
 __all__ = ["create_app", "make_server"]
 log = logging.getLogger("ktlo.incidents.receiver")
@@ -152,9 +153,15 @@ def create_app(
         """Liveness and the store's state (no credentials needed)."""
         ok = await run_in_threadpool(store_ok)
         pending = await run_in_threadpool(dispatcher.pending) if dispatcher and ok else None
+        # items the Prefect API refused for good: they need someone (see `ktlo incidents`)
+        dead = await run_in_threadpool(count_outbox, OutboxStatus.DEAD) if ok else None
         return JSONResponse(
             status_code=200 if ok else 503,
-            content={"status": "ok" if ok else "store unavailable", "outbox_pending": pending},
+            content={
+                "status": "ok" if ok else "store unavailable",
+                "outbox_pending": pending,
+                "outbox_dead": dead,
+            },
         )
 
     app.openapi = _with_payload_schemas(app)  # type: ignore[method-assign]

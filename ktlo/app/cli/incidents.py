@@ -61,11 +61,26 @@ def list_incidents(
         records = list(
             s.exec(query.order_by(col(IncidentRecord.first_seen).desc()).limit(limit)).all()
         )
+    dead = _dead_letters()
     if as_json:
-        print_json({"incidents": [_json(r) for r in records]})
+        print_json(
+            {
+                "incidents": [_json(r) for r in records],
+                "outbox_dead": [
+                    {
+                        "incident_id": w.incident_id,
+                        "kind": w.kind,
+                        "target": w.target,
+                        "error": w.error,
+                    }
+                    for w in dead
+                ],
+            }
+        )
         return
     if not records:
         console.print("no incidents" + (" open" if open_only else ""))
+        _print_dead(dead)
         return
     table = Table(title="Incidents", title_justify="left")
     for column in ("key", "status", "severity", "summary", "runbooks", "repeats", "first seen"):
@@ -83,9 +98,34 @@ def list_incidents(
             ago(r.first_seen),
         )
     console.print(table)
+    _print_dead(dead)
 
 
-@incidents_app.command("show")
+def _dead_letters(ids: list[str] | None = None) -> list[Any]:
+    """Outbox items the Prefect API refused for good (never retried)."""
+    from sqlmodel import col, select
+
+    from ktlo.incidents.store import OutboxItem
+    from ktlo.store.db import session
+
+    query = select(OutboxItem).where(OutboxItem.status == OutboxStatus.DEAD)
+    if ids is not None:
+        query = query.where(col(OutboxItem.incident_id).in_(ids))
+    with session() as s:
+        return list(s.exec(query.order_by(col(OutboxItem.id))).all())
+
+
+def _print_dead(dead: list[Any]) -> None:
+    if not dead:
+        return
+    console.print(
+        f"[red]{len(dead)} action(s) refused by the Prefect API for good (dead-lettered, "
+        "not retried):[/red]"
+    )
+    for w in dead[:20]:
+        console.print(esc(f"  incident {w.incident_id}: {w.kind} {w.target}: {w.error}"))
+
+
 def show(
     key: str = typer.Argument(..., help="incident key (or id)"),
     as_json: bool = typer.Option(False, "--json"),
@@ -168,6 +208,7 @@ def show(
             detail = str(t["details"].get("error"))
         table.add_row(esc(t["at"] or ""), esc(t["what"].removeprefix("incident.")), esc(detail))
     console.print(table)
+    _print_dead([w for w in work if w.status == OutboxStatus.DEAD])
     waiting = [w for w in work if w.status == OutboxStatus.PENDING]
     if waiting:
         console.print(
