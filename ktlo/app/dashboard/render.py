@@ -24,15 +24,19 @@ def percent(value: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """The two largest units: 3d 4h, 2h 5m, 42s."""
+    """The largest unit and the next: 3d 4h, 2h 0m, 5m 7s, 42s."""
     if seconds is None:
         return "-"
-    left, parts = int(seconds), list[str]()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size or (unit == "s" and not parts):
-            parts.append(f"{left // size}{unit}")
-            left %= size
-    return " ".join(parts[:2])
+    left = int(seconds)
+    units = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+    for i, (unit, size) in enumerate(units):
+        if left >= size or unit == "s":
+            text = f"{left // size}{unit}"
+            if unit != "s":
+                small, small_size = units[i + 1]
+                text += f" {left % size // small_size}{small}"
+            return text
+    return f"{left}s"
 
 
 def when(ts: datetime | None) -> str:
