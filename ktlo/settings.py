@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="ktlo store; SQLite under home")
     runbooks: Path = Field(default=Path("runbooks"), description="where runbooks are loaded from")
     webhook_token: SecretStr | None = None
+    dashboard_token: SecretStr | None = Field(
+        default=None, description="read-only token for /dashboard (the webhook token works too)"
+    )
     webhook_tolerance_s: int = Field(
         default=300, ge=1, description="how old (or how far ahead) a signature's t= may be"
     )
