@@ -16,7 +16,7 @@ import multiprocessing.context
 from types import ModuleType
 from typing import Any
 
-PRELOAD = ["prefect.flow_engine", "prefect.runner", "flows.runbook", "flows.catalog", "tasks"]
+PRELOAD = ["prefect.flow_engine", "prefect.runner", "flows.runbook", "flows.catalog", "ktlo.steps.loaded"]
 
 
 class _WarmMultiprocessing:
@@ -37,13 +37,17 @@ _installed = False
 
 
 def install(preload: list[str] | None = None) -> None:
-    """Make this process's Prefect start flow-run subprocesses from a warm fork server."""
+    """Make this process's Prefect start flow-run subprocesses from a warm fork server (started now)."""
     global _installed
     if _installed:
         return
+    import multiprocessing.forkserver
+
     import prefect.flow_engine as flow_engine
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(preload or PRELOAD)
     flow_engine.multiprocessing = _WarmMultiprocessing(multiprocessing, context)  # type: ignore[assignment]
+    # Start it now, not at the first run: its imports (2-4 s) overlap serve's own start-up.
+    multiprocessing.forkserver.ensure_running()
     _installed = True

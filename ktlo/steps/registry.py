@@ -92,8 +92,13 @@ def _origin(step_type: StepType) -> str:
 
 
 def get(name: str) -> StepType | None:
-    load_plugins()
-    return _TYPES.get(name)
+    """The step type `name`; plugins' deferred types are loaded only when it is not found."""
+    load_plugins(complete=False)
+    found = _TYPES.get(name)
+    if found is None and _deferred:
+        load_plugins()
+        found = _TYPES.get(name)
+    return found
 
 
 def all_types() -> dict[str, StepType]:
@@ -101,14 +106,26 @@ def all_types() -> dict[str, StepType]:
     return dict(sorted(_TYPES.items()))
 
 
-def load_plugins() -> None:
-    """Import every module named in the `ktlo.steps` entry-point group (once)."""
+_deferred: list[Callable[[], object]] = []
+
+
+def load_plugins(*, complete: bool = True) -> None:
+    """Import every module named in the `ktlo.steps` entry-point group (once).
+
+    A plugin module may define `load_deferred()`: the step types that pull in heavy
+    libraries (SSH, database drivers, cloud SDKs). It runs with `complete`, or when a runbook
+    uses a type not registered yet, so `ktlo run` of basic steps does not pay for them.
+    """
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        importlib.import_module(ep.value.split(":")[0])
+    if not _loaded:
+        _loaded = True
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            module = importlib.import_module(ep.value.split(":")[0])
+            deferred = getattr(module, "load_deferred", None)
+            if callable(deferred):
+                _deferred.append(deferred)
+    while complete and _deferred:
+        _deferred.pop(0)()
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])

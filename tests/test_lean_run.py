@@ -1,0 +1,70 @@
+"""`ktlo run` imports only what the runbook needs (item 8 of issue 12: measured in bench/)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import Home
+from tests.helpers import REPO
+
+PROBE = """
+import sys
+from ktlo.runbook.loader import find_runbook, load_runbook
+from ktlo.steps import registry
+
+load_runbook(find_runbook("basic"))
+heavy = sorted(m for m in sys.modules if m.endswith(".steps") and m.startswith("tasks."))
+print("basic:", ",".join(heavy) or "-", "asyncssh" in sys.modules)
+assert registry.get("backup.verify") is not None  # a domain's type: loaded when asked for
+print("domain:", "tasks.backup.steps" in sys.modules)
+"""
+
+
+def test_a_runbook_of_basic_steps_loads_no_domain(home: Home) -> None:
+    home.runbook(
+        "basic",
+        """
+        name: basic
+        steps:
+          - id: hello
+            uses: log
+            with: {message: hi}
+          - id: ls
+            uses: shell
+            with: {command: "true"}
+        """,
+    )
+    env = {"PATH": "/usr/bin:/bin", **home.env}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["basic: - False", "domain: True"]
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of `pid`'s child processes."""
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        kids = [int(k) for k in handle.read().split()]
+    lines = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as handle:
+                lines.append(handle.read().replace(b"\0", b" ").decode(errors="replace"))
+        except FileNotFoundError:
+            continue
+    return lines
+
+
+def test_serve_starts_the_fork_server_with_itself(prefect_api: str, home: Home) -> None:
+    """The first served run does not wait 2-4 s for the fork server's imports."""
+    from tests.serve_helpers import Served
+
+    home.runbook("basic", "name: basic\nsteps:\n  - {id: hello, uses: log, with: {message: hi}}\n")
+    served = Served(home.env)
+    try:
+        served.wait_for("serving 1 runbook(s)")
+        assert any("multiprocessing.forkserver" in line for line in _children(served.proc.pid))
+    finally:
+        served.stop()
