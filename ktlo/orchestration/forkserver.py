@@ -16,7 +16,13 @@ import multiprocessing.context
 from types import ModuleType
 from typing import Any
 
-PRELOAD = ["prefect.flow_engine", "prefect.runner", "flows.runbook", "flows.catalog", "ktlo.steps.loaded"]
+PRELOAD = [
+    "prefect.flow_engine",
+    "prefect.runner",
+    "flows.runbook",
+    "flows.catalog",
+    "ktlo.steps.loaded",
+]
 
 
 class _WarmMultiprocessing:
