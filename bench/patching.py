@@ -1,0 +1,224 @@
+"""Patching speed (issue 13): a ktlo rollout vs `ansible-playbook` on the same 20-host SSH lab.
+
+Both do scan → upgrade → verify over the lab's 20 real sshd with batches `[1, 5, "50%"]`:
+
+- ktlo: the `patch.scan` + `patch.rollout` steps as one runbook through the runbook flow
+  (Prefect task runs, store, audit included), the health gate `lab-health` on each host.
+- Ansible: ansible-core installed by this benchmark into a scratch venv (not a project
+  dependency), pipelining and ControlPersist on, forks 20, `serial: [1, 5, "50%"]`, the same
+  apt commands (`command:` tasks: python-apt is not in the lab) with the host env set by
+  `environment:`, strict host-key checking against the lab's known_hosts.
+
+The lab is reset to its built state before every round. Also printed: ktlo's own overhead per
+batch (the rollout's wall time minus its slowest host's time, summed over batches; target
+≤ 0.25 s). Target for the ratio: ktlo at least 5x faster.
+
+    python -m bench.patching
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import Result, measure_alternating, ratio_line, rounds, session
+
+REPO = Path(__file__).resolve().parents[1]
+UV = REPO / ".tools" / "bin" / "uv"
+ANSIBLE = "ansible-core>=2.16,<2.19"
+TARGET_SPEEDUP = 5.0
+OVERHEAD_TARGET_S = 0.25
+APT_OPTS = (
+    "-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
+    "-o DPkg::Lock::Timeout=60"
+)
+
+
+def ansible_venv() -> Path:
+    """ansible-core in a scratch venv, kept across runs (installed with uv the first time)."""
+    venv = Path(os.environ.get("KTLO_BENCH_ANSIBLE", f"/var/tmp/ktlo-bench-ansible-{os.getuid()}"))
+    if not (venv / "bin" / "ansible-playbook").exists():
+        subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+        subprocess.run(
+            [str(UV), "pip", "install", "-q", "--python", str(venv / "bin" / "python"), ANSIBLE],
+            check=True,
+        )
+    return venv
+
+
+def ansible_project(fleet: Any, where: Path) -> Path:
+    """inventory.yaml, ansible.cfg and the playbook for the lab; returns the playbook."""
+    upgrades = " ".join(f"{n}={v}" for n, v in sorted(_upgrades().items()))
+    hosts = {
+        name: {
+            "ansible_host": "127.0.0.1",
+            "ansible_port": h.port,
+            "lab_env": h.env,
+        }
+        for name, h in fleet.hosts.items()
+    }
+    inventory = {
+        "lab": {
+            "hosts": hosts,
+            "vars": {
+                "ansible_user": fleet.user.name,
+                "ansible_ssh_private_key_file": str(fleet.client_key),
+                "ansible_python_interpreter": "/usr/bin/python3",
+            },
+        }
+    }
+    (where / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+    control = Path(tempfile.mkdtemp(prefix="kcp", dir="/tmp"))  # short: socket path limit
+    (where / "ansible.cfg").write_text(
+        "[defaults]\nforks = 20\nhost_key_checking = True\nstdout_callback = default\n"
+        "retry_files_enabled = False\ngathering = explicit\n"
+        "[ssh_connection]\npipelining = True\n"
+        f"control_path_dir = {control}\n"
+        "ssh_args = -o ControlMaster=auto -o ControlPersist=60s -o IdentitiesOnly=yes "
+        f"-o UserKnownHostsFile={fleet.known_hosts} -o StrictHostKeyChecking=yes -F /dev/null\n"
+    )
+    play = [
+        {
+            "hosts": "lab",
+            "serial": [1, 5, "50%"],
+            "gather_facts": False,
+            "environment": "{{ lab_env }}",
+            "tasks": [
+                {
+                    "name": "scan",
+                    "command": "apt-get -s -q -o Debug::NoLocking=1 dist-upgrade",
+                    "changed_when": False,
+                },
+                {
+                    "name": "upgrade",
+                    "command": f"apt-get {APT_OPTS} install {upgrades}",
+                    "environment": {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "l"},
+                },
+                {"name": "verify", "command": "lab-health", "changed_when": False},
+            ],
+        }
+    ]
+    playbook = where / "patch.yaml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    return playbook
+
+
+def _upgrades() -> dict[str, str]:
+    from tests.labs import fleet_apt
+
+    return dict(fleet_apt.UPGRADES)
+
+
+def ktlo_runbook(home_runbooks: Path) -> Path:
+    doc = {
+        "name": "bench-patch",
+        "steps": [
+            {"id": "scan", "uses": "patch.scan", "with": {"hosts": "lab"}},
+            {
+                "id": "rollout",
+                "uses": "patch.rollout",
+                "needs": ["scan"],
+                "with": {
+                    "hosts": "lab",
+                    "batches": [1, 5, "50%"],
+                    "max_failed": 0,
+                    "health": [{"type": "command", "name": "lab-health", "command": "lab-health"}],
+                    "reboot": "never",
+                    "boot_id_command": "lab-boot-id",
+                },
+            },
+        ],
+    }
+    path = home_runbooks / "bench-patch.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run() -> Result:
+    from tests.labs.fleet import running_fleet
+
+    venv = ansible_venv()
+    with session() as s, running_fleet(20) as fleet:
+        os.environ["KTLO_INVENTORY"] = str(fleet.inventory)
+        from ktlo.settings import reload_settings
+
+        reload_settings()
+        work = Path(tempfile.mkdtemp(prefix="ktlo-bench-ansible-"))
+        playbook = ansible_project(fleet, work)
+        runbook = ktlo_runbook(s.home / "runbooks")
+        overheads: list[float] = []
+        env = {**os.environ, "ANSIBLE_CONFIG": str(work / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+
+        def check_patched() -> None:
+            want = {**fleet.installed("lab-01"), **_upgrades()}
+            bad = [n for n in fleet.hosts if fleet.installed(n) != want]
+            if bad:
+                raise RuntimeError(f"not patched: {', '.join(bad)}")
+
+        def ktlo() -> None:
+            from flows.runbook import runbook_flow
+            from ktlo.store.runs import steps_of
+
+            call: Any = runbook_flow(runbook=str(runbook), return_state=True)
+            state = asyncio.run(call)
+            if not state.is_completed():
+                raise RuntimeError(f"ktlo rollout failed: {state.message}")
+            steps = {st.step_id: st for st in steps_of(str(state.state_details.flow_run_id))}
+            overheads.append((steps["rollout"].output or {})["overhead_s"])
+            check_patched()
+
+        def ansible() -> None:
+            done = subprocess.run(
+                [
+                    str(venv / "bin" / "ansible-playbook"),
+                    "-i",
+                    str(work / "inventory.yaml"),
+                    str(playbook),
+                ],
+                env=env,
+                cwd=work,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"ansible-playbook failed: {done.stdout[-2000:]}{done.stderr[-1000:]}"
+                )
+            check_patched()
+
+        try:
+            timings = measure_alternating(
+                {"ktlo": ktlo, "ansible": ansible}, rounds(3), warmup=1, before=fleet.reset
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    k, a = timings["ktlo"].median, timings["ansible"].median
+    ratio = ratio_line("20-host rollout [1,5,50%]", "ktlo", k, "ansible-playbook", a)
+    speedup = a / k
+    overhead = sorted(overheads)[len(overheads) // 2]
+    print(
+        f"speed-up {speedup:.1f}x (target ≥ {TARGET_SPEEDUP:g}x: "
+        f"{'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}); ktlo overhead over 4 batches "
+        f"{overhead:.3f} s (target ≤ {OVERHEAD_TARGET_S} s: "
+        f"{'met' if overhead <= OVERHEAD_TARGET_S else 'MISSED'}); rounds ktlo "
+        f"[{timings['ktlo'].text()}] ansible [{timings['ansible'].text()}]",
+        flush=True,
+    )
+    return Result(
+        "patching",
+        f"ktlo {speedup:.1f}x faster than ansible-playbook; overhead {overhead:.3f} s",
+        {"ktlo_s": k, "ansible_s": a, "ratio": ratio, "speedup": speedup, "overhead_s": overhead},
+    )
+
+
+if __name__ == "__main__":
+    run().emit()
