@@ -86,9 +86,16 @@ def parse_cli_params(runbook: Runbook, pairs: list[str]) -> dict[str, Any]:
         if spec is not None and spec.type in ("array", "object"):
             try:
                 values[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                if spec.type == "array":
+            except json.JSONDecodeError as exc:
+                # `a,b` is a list of words; text that starts as JSON must be JSON (`[1,2`
+                # silently became ["[1", "2"])
+                if spec.type == "array" and not raw.lstrip().startswith(("[", "{", '"')):
                     values[key] = [v.strip() for v in raw.split(",") if v.strip()]
+                elif spec.type == "array":
+                    raise ParameterError(
+                        f"--param {key}: malformed JSON array ({exc.msg}, character "
+                        f"{exc.pos + 1}); or give words separated by commas: a,b,c"
+                    ) from None
                 else:
                     raise ParameterError(f"--param {key}: expected a JSON object") from None
         else:

@@ -52,12 +52,13 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted", style="yellow")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and real bugs
+    except Exception as exc:  # usage errors and real bugs
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # typer vendors its own click: its usage errors are TyperException, not click's
+        if isinstance(exc, click.exceptions.ClickException | typer.TyperException):
+            exc.show()  # type: ignore[union-attr]
+            sys.exit(getattr(exc, "exit_code", 2))
         if os.environ.get("KTLO_DEBUG"):
             raise
         from ktlo import secrets

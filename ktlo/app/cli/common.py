@@ -84,5 +84,9 @@ def short_id(run_id: str) -> str:
 
 
 def matches_id(run_id: str, ref: str) -> bool:
-    ref = ref.strip().lower()
-    return bool(ref) and (run_id.startswith(ref) or run_id.endswith(ref))
+    """A run id given whole, by its start or end, or as shown (`short_id`), also when a
+    narrow terminal cut the shown id to its start (with or without the `…`)."""
+    ref = ref.strip().strip("…").lower()
+    return bool(ref) and (
+        run_id.startswith(ref) or run_id.endswith(ref) or short_id(run_id).startswith(ref)
+    )

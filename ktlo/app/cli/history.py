@@ -125,7 +125,8 @@ def history(
         console.print("no runs recorded yet")
         return
     table = Table(title="Run history", title_justify="left")
-    for col in ("run", "runbook", "status", "trigger", "started", "took", "steps"):
+    table.add_column("run", no_wrap=True, min_width=len(short_id(details[0][0].id)))
+    for col in ("runbook", "status", "trigger", "started", "took", "steps"):
         table.add_column(col, no_wrap=True)
     table.add_column("error", overflow="fold", ratio=1)
     for r, run_steps in details:

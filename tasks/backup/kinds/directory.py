@@ -160,7 +160,10 @@ def _swap_in(staging: Path, target: Path) -> None:
     except BaseException:
         os.rename(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink() or not old.is_dir():
+        old.unlink()  # the link (or file) was replaced; what a link pointed to is left alone
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _count(tree: str) -> dict[str, int]:
