@@ -201,7 +201,7 @@ async def _maybe_retry(run: Run, flow_run: Any) -> None:
     except KtloError:
         return
     attempt = _crash_attempt(run)
-    if attempt >= rb.retry_crashed or flow_run.deployment_id is None:
+    if attempt >= rb.retry_crashed or flow_run.deployment_id is None or _retried(run):
         return
     try:
         new_id = await astart_runbook(
@@ -220,6 +220,21 @@ async def _maybe_retry(run: Run, flow_run: Any) -> None:
             run_id=run.id,
             details={"new_flow_run_id": new_id, "attempt": attempt + 1, "of": rb.retry_crashed},
             s=s,
+        )
+
+
+def _retried(run: Run) -> bool:
+    """Already retried: the serving process's hook and the reconciler may both see the crash."""
+    from ktlo.store.models import AuditEvent
+
+    with session() as s:
+        return (
+            s.exec(
+                select(AuditEvent)
+                .where(AuditEvent.action == "run.retried")
+                .where(AuditEvent.run_id == run.id)
+            ).first()
+            is not None
         )
 
 
