@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Home, service_up
 from tests.health_helpers import free_port, service, sweep_runbook
 from tests.helpers import cli
@@ -24,6 +26,7 @@ from tests.test_ui_browser import browser
 
 __all__ = ["browser"]  # a fixture
 TOKEN = "dash-token-4f1e9c"
+READ = "read-token-77d2a0"  # KTLO_DASHBOARD_TOKEN: reads the dashboard, sends no alerts
 SECRET = "hunter2-pass"
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -112,7 +115,8 @@ def test_status_page_dashboard_and_badges_from_real_sweeps(
     assert uptime == {"orders-api": "57.14%", "billing": "0.00%"}
 
     port = free_port()
-    served = Served({**home.env, "KTLO_WEBHOOK_TOKEN": TOKEN}, "--port", str(port), webhook=True)
+    env = {**home.env, "KTLO_WEBHOOK_TOKEN": TOKEN, "KTLO_DASHBOARD_TOKEN": READ}
+    served = Served(env, "--port", str(port), webhook=True)
     base = f"http://127.0.0.1:{port}"
     try:
         served.wait_for("dashboard on", timeout=90)
@@ -157,9 +161,16 @@ def test_status_page_dashboard_and_badges_from_real_sweeps(
         assert get(f"{base}/dashboard")[0] == 401
         assert get(f"{base}/dashboard", "wrong")[0] == 401
         assert get(f"{base}/api/dashboard")[0] == 401
+        assert get(f"{base}/api/dashboard", TOKEN)[0] == 200  # the receiver's token
+        assert get(f"{base}/api/dashboard", READ)[0] == 200  # or the read-only one
+        hook = urllib.request.Request(f"{base}/hooks/generic", data=b'{"summary": "x"}')
+        hook.add_header("Authorization", f"Bearer {READ}")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(hook, timeout=30)
+        assert refused.value.code == 401  # the read token sends no alerts
         context = browser.new_context(
             viewport={"width": 1400, "height": 1000},
-            extra_http_headers={"Authorization": f"Bearer {TOKEN}"},
+            http_credentials={"username": "ops", "password": READ},  # HTTP Basic prompt
         )
         operator = context.new_page()
         operator.goto(f"{base}/dashboard")

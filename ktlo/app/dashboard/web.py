@@ -1,8 +1,9 @@
 """The dashboard's HTTP endpoints, mounted on the webhook receiver's FastAPI app.
 
 `/status`, `/api/status` and the badges are public (names, states and uptime only);
-`/dashboard` and `/api/dashboard` need the receiver's token, as `Authorization: Bearer
-<token>` or as the password of HTTP Basic (any user name), so a browser can prompt for it.
+`/dashboard` and `/api/dashboard` need the receiver's token or the read-only
+`KTLO_DASHBOARD_TOKEN`, as `Authorization: Bearer <token>` or as the password of HTTP Basic
+(any user name), so a browser can prompt for it.
 Every page is gathered afresh per request, off the event loop.
 """
 
@@ -26,7 +27,9 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-CHALLENGE = {"WWW-Authenticate": 'Bearer realm="ktlo", Basic realm="ktlo dashboard"'}
+CHALLENGE = {
+    "WWW-Authenticate": 'Basic realm="ktlo dashboard"'
+}  # a browser prompts; Bearer works too
 SVG = "image/svg+xml"
 
 
@@ -44,11 +47,13 @@ def presented(request: Request) -> str | None:
     return None
 
 
-def _authorize(token: str | None, request: Request) -> None:
-    if token is None:  # `ktlo serve --insecure-no-auth`
+def _authorize(tokens: list[str], request: Request) -> None:
+    if not tokens:  # `ktlo serve --insecure-no-auth` and no dashboard token
         return
-    given = presented(request)
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+    given = (presented(request) or "").encode()
+    # compare with every token, always: the time taken does not tell which one was close
+    matches = [hmac.compare_digest(given, t.encode()) for t in tokens]
+    if not given or not any(matches):
         detail = "missing or wrong token: send Authorization: Bearer <token>"
         raise HTTPException(status_code=401, detail=detail, headers=CHALLENGE)
 
@@ -68,7 +73,12 @@ async def _check(ref: str) -> Check:
 
 
 def mount(app: FastAPI, token: str | None) -> None:
-    """Add the dashboard's routes to `app` (the receiver's FastAPI app)."""
+    """Add the dashboard's routes to `app` (the receiver's FastAPI app); `token` is the
+    receiver's (None: `--insecure-no-auth`)."""
+    from ktlo.settings import get_settings
+
+    read = get_settings().dashboard_token
+    tokens = [t for t in (token, read.get_secret_value() if read else None) if t]
     badge_responses: dict[int | str, dict[str, Any]] = {
         200: {"content": {SVG: {}}, "description": "an SVG badge"},
         404: {"description": "no such check, or the name is ambiguous"},
@@ -93,7 +103,7 @@ def mount(app: FastAPI, token: str | None) -> None:
     )
     async def dashboard_page(request: Request) -> HTMLResponse:
         """The operator view: checks with targets and errors, backups, incidents."""
-        _authorize(token, request)
+        _authorize(tokens, request)
         page = await run_in_threadpool(pages.operator_page)
         return HTMLResponse(render.operator_html(page), headers=HEADERS)
 
@@ -105,7 +115,7 @@ def mount(app: FastAPI, token: str | None) -> None:
     )
     async def dashboard_json(request: Request) -> Page:
         """What /dashboard shows, as JSON."""
-        _authorize(token, request)
+        _authorize(tokens, request)
         return await run_in_threadpool(pages.operator_page)
 
     @app.get("/badges/{check:path}/uptime-7d.svg", tags=["dashboard"], responses=badge_responses)
