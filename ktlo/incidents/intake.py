@@ -196,53 +196,40 @@ class _Batch:
         )
         return Ack(incident.key, record_id, AckOutcome.OPENED, matched)
 
-    def resolve(self, known: _Open, incident: Incident) -> Ack:
+    def close(
+        self, known: _Open, incident: Incident, status: IncidentStatus, **details: Any
+    ) -> dict[str, Any]:
+        """Close an open incident: its row, its `ktlo.incident.<status>` event and audit
+        entry; returns the incident as its runs and notices see it."""
         self.insert_opened()
         self.flush_repeats(known)
         now = utcnow()
         self.conn.execute(
             update(_INCIDENTS)
             .where(_INCIDENTS.c.id == known.id)
-            .values(status=IncidentStatus.RESOLVED, resolved_at=now, last_seen=now)
+            .values(status=status, resolved_at=now, last_seen=now)
         )
         del self.open[incident.key]
         params = incident_params(known.id, incident)
-        self.work(known.id, WorkKind.EVENT, "ktlo.incident.resolved", params)
+        self.work(known.id, WorkKind.EVENT, f"ktlo.incident.{status}", params)
+        entry = {"incident_id": known.id, "summary": incident.summary, **details}
+        self.events.append(
+            audit.Entry(f"incident.{status}", incident.key, entry, actor=_actor(incident))
+        )
+        return params
+
+    def resolve(self, known: _Open, incident: Incident) -> Ack:
+        params = self.close(known, incident, IncidentStatus.RESOLVED)
         for name in known.matched:
             self.work(known.id, WorkKind.RESOLVED_NOTICE, name, params)
-        details = {"incident_id": known.id, "summary": incident.summary}
-        self.events.append(
-            audit.Entry("incident.resolved", incident.key, details, actor=_actor(incident))
-        )
         return Ack(incident.key, known.id, AckOutcome.RESOLVED, list(known.matched))
 
     def supersede(self, known: _Open, incident: Incident) -> None:
         """Close an open incident that a later occurrence of its alert replaces: the
         resolution of the old one never came, and the new one must start its runbooks."""
-        self.insert_opened()
-        self.flush_repeats(known)
-        now = utcnow()
-        self.conn.execute(
-            update(_INCIDENTS)
-            .where(_INCIDENTS.c.id == known.id)
-            .values(status=IncidentStatus.SUPERSEDED, resolved_at=now, last_seen=now)
-        )
-        del self.open[incident.key]
-        self.work(
-            known.id,
-            WorkKind.EVENT,
-            "ktlo.incident.superseded",
-            incident_params(known.id, incident),
-        )
         stamp = occurrence(incident)
-        details = {
-            "incident_id": known.id,
-            "summary": incident.summary,
-            "by_starts_at": stamp.isoformat() if stamp else None,
-        }
-        self.events.append(
-            audit.Entry("incident.superseded", incident.key, details, actor=_actor(incident))
-        )
+        by = stamp.isoformat() if stamp else None
+        self.close(known, incident, IncidentStatus.SUPERSEDED, by_starts_at=by)
 
     def flush_repeats(self, known: _Open) -> None:
         if known.repeats:

@@ -101,7 +101,7 @@ def list_incidents(
     _print_dead(dead)
 
 
-def _dead_letters(ids: list[str] | None = None) -> list[Any]:
+def _dead_letters() -> list[Any]:
     """Outbox items the Prefect API refused for good (never retried)."""
     from sqlmodel import col, select
 
@@ -109,8 +109,6 @@ def _dead_letters(ids: list[str] | None = None) -> list[Any]:
     from ktlo.store.db import session
 
     query = select(OutboxItem).where(OutboxItem.status == OutboxStatus.DEAD)
-    if ids is not None:
-        query = query.where(col(OutboxItem.incident_id).in_(ids))
     with session() as s:
         return list(s.exec(query.order_by(col(OutboxItem.id))).all())
 
@@ -126,6 +124,7 @@ def _print_dead(dead: list[Any]) -> None:
         console.print(esc(f"  incident {w.incident_id}: {w.kind} {w.target}: {w.error}"))
 
 
+@incidents_app.command("show")
 def show(
     key: str = typer.Argument(..., help="incident key (or id)"),
     as_json: bool = typer.Option(False, "--json"),
