@@ -77,8 +77,8 @@ def test_auth_bearer_and_timestamped_signature(receiver: Receiver) -> None:
         assert response.status_code == 401, response.text
         assert reason in response.json()["detail"]
     signatures = [
-        (sign(raw, t=now - 301), "stale"),
-        (sign(raw, t=now + 301), "in the future"),
+        (sign(raw, t=now - 400), "stale"),
+        (sign(raw, t=now + 400), "in the future"),
         (old_format, "old format"),
         ("t=soon,v1=abc", "malformed"),
         (sign(raw).split(",")[1], "malformed"),
