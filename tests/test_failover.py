@@ -330,6 +330,35 @@ def test_unreachable_old_primary_fence_unconfirmed_routing_moves(
     assert_healthy(lab, new)
 
 
+def test_lost_synchronous_standby_degrades_after_a_while_then_recovers(
+    lab: PgLab, home: Home, env: dict[str, str]
+) -> None:
+    from tasks.failover import watch
+
+    p = primary(lab)
+    write_config(lab, home, degrade_after_s=1)
+    replicas = [n for n in lab.nodes if n != p]
+    for r in replicas:  # both standbys gone: every commit would wait (strict)
+        lab.sql(r, "ALTER SYSTEM SET primary_conninfo = ''")
+        lab.sql(r, "SELECT pg_reload_conf()")
+    writer = lab.writer("degrade")
+    try:
+        with_ctx(lambda ctx: watch.watch(ctx, interval_s=0.1, duration_s=3))
+        assert lab.sql(p, "SHOW synchronous_standby_names") == [("",)]
+        writer.wait_ack_after(time.monotonic(), port=lab.nodes[p].port)
+        assert "failover.synchronous_degraded" in audit_actions()
+        for r in replicas:
+            lab.follow(r, p)
+        lab.wait_streaming(p, len(replicas))
+        with_ctx(lambda ctx: watch.watch(ctx, interval_s=0.1, duration_s=0.5))
+        (names,) = lab.sql(p, "SHOW synchronous_standby_names")[0]
+        assert names.startswith("ANY 1 (")
+    finally:
+        writer.stop()
+    assert writer.lost_ids(lab.nodes[p].dsn) == []
+    assert_healthy(lab, p)
+
+
 def test_lagging_async_replica_is_not_promoted_without_approval(
     lab: PgLab, home: Home, env: dict[str, str]
 ) -> None:

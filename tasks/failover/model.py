@@ -7,6 +7,7 @@ postgresql.auto.conf: a rejoin writes them back after every rewind or base backu
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -54,9 +55,18 @@ class FenceCommand(_Strict):
     timeout_s: float = Field(default=30, gt=0)
 
 
+class SyncPolicy(StrEnum):
+    STRICT = "strict"  # writes block while no synchronous standby streams
+    DEGRADE = "degrade"  # synchronous replication dropped after degrade_after_s (audited)
+
+
 class ClusterConfig(_Strict):
     kind: Literal["postgres"] = "postgres"
     synchronous: bool = False
+    sync_policy: SyncPolicy = SyncPolicy.DEGRADE
+    degrade_after_s: float = Field(
+        default=10, gt=0, description="with degrade: no standby this long"
+    )
     max_lag_bytes: int = Field(default=16 * 2**20, ge=0)
     nodes: dict[str, NodeConfig] = Field(min_length=2)
     router: RouterConfig | None = None

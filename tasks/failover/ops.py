@@ -13,7 +13,7 @@ from ktlo.errors import KtloError
 from ktlo.hosts.runner import HostRunner
 from ktlo.store import audit
 from tasks.failover import hostops, pg
-from tasks.failover.model import ClusterConfig
+from tasks.failover.model import ClusterConfig, SyncPolicy
 from tasks.failover.routers import Router, RouterAction, router_for
 
 log = logging.getLogger("ktlo.failover")
@@ -133,21 +133,31 @@ def sync_names(ctx: Ctx, primary: str) -> str:
     return f"ANY 1 ({', '.join(others)})"
 
 
+async def set_sync(ctx: Ctx, primary: str, on: bool = True) -> None:
+    """Synchronous replication on (`ANY 1 (others)`) or off at the primary, audited."""
+    names = sync_names(ctx, primary) if on else ""
+    await pg.alter_system(ctx.cluster.nodes[primary].dsn, {"synchronous_standby_names": names})
+    ctx.audit("synchronous_on" if on else "synchronous_degraded", primary, names=names)
+    ctx.did(f"synchronous replication {'on' if on else 'OFF (degraded)'} at {primary}")
+
+
 async def restore_sync(ctx: Ctx, primary: str, wait_s: float = 15) -> bool:
     """In synchronous clusters, turn synchronous replication back on once a standby streams
-    (a primary with no standby would block every commit). False when none came in time."""
+    (a primary with no standby would block every commit). False when none came in time.
+    With `sync_policy: strict` it is turned on at once: writes wait for a standby."""
     if not ctx.cluster.synchronous:
         return True
     dsn = ctx.cluster.nodes[primary].dsn
+    if ctx.cluster.sync_policy is SyncPolicy.STRICT:
+        await set_sync(ctx, primary)
+        return True
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         rows = await pg.execute(
             dsn, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
         )
         if rows and rows[0][0] > 0:
-            await pg.alter_system(dsn, {"synchronous_standby_names": sync_names(ctx, primary)})
-            ctx.audit("synchronous_on", primary, names=sync_names(ctx, primary))
-            ctx.did(f"synchronous replication on at {primary}")
+            await set_sync(ctx, primary)
             return True
         await asyncio.sleep(0.1)
     ctx.audit("synchronous_degraded", primary, reason=f"no standby streaming after {wait_s:g}s")

@@ -52,6 +52,7 @@ class NodeState:
     lag_bytes: int | None = None
     error: str | None = None
     replicas: dict[str, str] = field(default_factory=dict)  # on a primary: name → sync_state
+    sync_names: str = ""  # synchronous_standby_names in effect
 
     @property
     def position(self) -> int:
@@ -101,7 +102,7 @@ async def node_state(name: str, dsn: str, timeout_s: float) -> NodeState:
         cur = await conn.execute(STATUS_SQL)
         row = await cur.fetchone()
         assert row is not None
-        in_recovery, current, received, replayed, tli, receiver, _sync = row
+        in_recovery, current, received, replayed, tli, receiver, sync_names = row
         state = NodeState(
             name,
             Role.REPLICA if in_recovery else Role.PRIMARY,
@@ -111,6 +112,7 @@ async def node_state(name: str, dsn: str, timeout_s: float) -> NodeState:
             receive_lsn=int(received) if received is not None else None,
             replay_lsn=int(replayed) if replayed is not None else None,
             receiver=receiver,
+            sync_names=sync_names,
         )
         if not in_recovery:
             cur = await conn.execute(REPLICATION_SQL)

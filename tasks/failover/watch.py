@@ -8,8 +8,9 @@ by an alert at the same time does nothing.
 
 It records the primary's WAL position on every healthy probe (the bytes-at-risk reference),
 fails over after `fall` missed probes in a row (the failure counts from the first miss), and
-fences at once when two primaries answer (an old primary back with its data). It returns
-after a refused promotion: that needs a person (pg-failover with its approval).
+fences at once when two primaries answer (an old primary back with its data), and applies
+the `degrade` policy for a lost synchronous standby. It returns after a refused promotion:
+that needs a person (pg-failover with its approval).
 """
 
 from __future__ import annotations
@@ -20,9 +21,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tasks.failover import failover as fo
-from tasks.failover import pg, store
+from tasks.failover import ops, pg, store
+from tasks.failover.model import SyncPolicy
 from tasks.failover.ops import Ctx
-from tasks.failover.pg import Role
+from tasks.failover.pg import NodeState, Role
+
+
+async def keep_sync(ctx: Ctx, p: NodeState, alone_since: float | None, now: float) -> float | None:
+    """The `degrade` policy: a synchronous primary left without a streaming standby for
+    degrade_after_s drops synchronous replication (writes would block); it comes back on as
+    soon as a standby streams again. Both audited. Returns the new `alone_since`."""
+    cluster = ctx.cluster
+    if not cluster.synchronous or cluster.sync_policy is not SyncPolicy.DEGRADE:
+        return None
+    if p.replicas:
+        if not p.sync_names.strip():
+            await ops.set_sync(ctx, p.name, on=True)
+        return None
+    if not p.sync_names.strip():
+        return None
+    alone_since = alone_since or now
+    if now - alone_since >= cluster.degrade_after_s:
+        await ops.set_sync(ctx, p.name, on=False)
+        return None
+    return alone_since
+
 
 OnAction = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -40,6 +63,7 @@ async def watch(
     start = time.monotonic()
     probes, acted, misses = 0, 0, 0
     first_miss: float | None = None
+    alone_since: float | None = None  # the primary has had no streaming standby since
     while not duration_s or time.monotonic() - start < duration_s:
         tick = time.monotonic()
         states = await pg.cluster_state(ctx.cluster)
@@ -52,6 +76,7 @@ async def watch(
             await asyncio.to_thread(
                 store.remember_primary, ctx.name, p.name, p.position, p.timeline
             )
+            alone_since = await keep_sync(ctx, p, alone_since, tick)
         elif len(primaries) > 1:
             act_at = tick
         else:
