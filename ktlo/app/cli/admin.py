@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ktlo import PROJECT_DIR
 from ktlo.app.cli.common import console, esc, fail, matches_id, print_json
 
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
@@ -266,7 +267,7 @@ def worker(
 
     if not os.environ.get("PREFECT_API_URL"):
         fail("PREFECT_API_URL is not set: a worker needs the Prefect server it takes runs from")
-    project = Path(__file__).resolve().parents[2]
+    project = PROJECT_DIR
     env = {
         **os.environ,
         "KTLO_PROJECT_DIR": str(project),

@@ -7,10 +7,11 @@ from pathlib import Path
 import typer
 from rich.panel import Panel
 
+from ktlo import PROJECT_DIR
 from ktlo.app.cli.common import console, esc
 from ktlo.status import RunStatus
 
-REPO_RUNBOOKS = Path(__file__).resolve().parents[2] / "runbooks"
+REPO_RUNBOOKS = PROJECT_DIR / "runbooks"
 
 
 def _demo_runbook() -> Path:
