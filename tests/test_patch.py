@@ -151,6 +151,14 @@ def test_failures_are_contained_and_an_all_failed_batch_does_not_stop_the_run(
     # the refused host was not touched beyond the operator's own change
     assert fleet.installed("lab-06") == {**fleet_apt.INSTALLED, "lab-app": "1.1"}
     assert fleet.installed("lab-05") == fleet_apt.INSTALLED
+    # every host action is in the audit trail
+    from ktlo.store import audit
+
+    acts = {(e.action, e.subject) for e in audit.events(run_id=str(result.run.id), limit=500)}
+    assert ("patch.refused", "lab-06") in acts
+    assert ("patch.rollback", "lab-03") in acts
+    assert {("patch.outcome", f"lab-0{i}") for i in range(1, 9)} <= acts
+    assert ("patch.install", "lab-07") in acts
 
 
 def test_budget_exhaustion_stops_new_hosts(fleet: Fleet, patching: Any) -> None:

@@ -15,6 +15,11 @@ def audit_hosts(
     action: str, results: Iterable[CommandResult], details: dict[str, Any] | None = None
 ) -> None:
     """Record `action` on each result's host, with its exit code or error (secrets masked)."""
+    audit_actions([(action, r, details or {}) for r in results])
+
+
+def audit_actions(items: Iterable[tuple[str, CommandResult, dict[str, Any]]]) -> None:
+    """Record several (action, result, details) events in one transaction."""
     ctx = get_step_context()
     run_id = ctx.run_id if ctx is not None else None
     entries = [
@@ -22,7 +27,7 @@ def audit_hosts(
             action,
             r.host,
             {
-                **(details or {}),
+                **details,
                 "exit_code": r.exit_code,
                 "error": r.error,
                 "duration_s": round(r.duration_s, 3),
@@ -30,7 +35,7 @@ def audit_hosts(
             run_id,
             None,
         )
-        for r in results
+        for action, r, details in items
     ]
     if entries:
         with engine().begin() as conn:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from ktlo.hosts.inventory import Host
-from ktlo.hosts.record import audit_hosts
+from ktlo.hosts.record import audit_actions
 from ktlo.hosts.runner import CommandResult, HostRunner
 from ktlo.store.models import utcnow
 from tasks.patch import scan as scanning
@@ -52,11 +53,9 @@ class Shared:
     runner: HostRunner
     reboots: asyncio.Semaphore
     run_id: str
-
-
-def _audit(action: str, host: str, done: CommandResult | None, **details: object) -> None:
-    result = done or CommandResult(host, 0, "", "", 0.0, None)
-    audit_hosts(action, [result], dict(details))
+    scans: dict[str, store.PatchScan] = field(default_factory=dict)  # each host's last scan
+    seen: dict[tuple[str, str, str], datetime] = field(default_factory=dict)
+    locked: dict[str, str] = field(default_factory=dict)  # host -> the run holding it (not us)
 
 
 class HostPatch:
@@ -66,13 +65,14 @@ class HostPatch:
         self.shared = shared
         self.report = report
         self.restore: dict[tuple[str, str], str] = {}
+        self.events: list[tuple[str, CommandResult, dict[str, Any]]] = []
         self.providers: dict[str, ProviderBase] = {
             p.name_of(): p.for_host(host) for p in inputs.providers
         }
 
     async def run(self) -> HostReport:
         started = time.monotonic()
-        held = store.acquire(self.host.name, self.shared.run_id, self.inputs.lock_ttl_s)
+        held = self.shared.locked.get(self.host.name)
         if held is not None:
             self._end(Outcome.SKIPPED, f"another rollout ({held}) is working on this host")
             return self.report
@@ -81,8 +81,18 @@ class HostPatch:
         except Exception as exc:  # one host's surprise never stops the others: recorded
             self._end(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
         finally:
-            store.release(self.host.name, self.shared.run_id)
             self.report.remote_s = time.monotonic() - started
+            self._audit(
+                "patch.outcome",
+                self.host.name,
+                None,
+                outcome=str(self.report.outcome),
+                installed=self.report.installed,
+                restored=self.report.restored,
+                rebooted=self.report.rebooted,
+                reason=self.report.error,
+            )
+            audit_actions(self.events)
             store.save_state(
                 self.host.name,
                 outcome=str(self.report.outcome),
@@ -92,17 +102,22 @@ class HostPatch:
             )
         return self.report
 
+    def _audit(self, action: str, host: str, done: CommandResult | None, **details: object) -> None:
+        """Kept until the host is done, then written in one transaction with its outcome."""
+        result = done or CommandResult(host, 0, "", "", 0.0, None)
+        self.events.append((action, result, dict(details)))
+
     def _end(self, outcome: Outcome, error: str | None = None) -> None:
         self.report.outcome = outcome
         self.report.error = error
 
     async def _patch(self) -> None:
-        stored = store.last_scans([self.host.name]).get(self.host.name)
+        stored = self.shared.scans.get(self.host.name)
         if stored is None:
             return self._end(Outcome.FAILED, "never scanned: run patch.scan first")
         pending = [Update.model_validate(u) for u in stored.pending]
         pending = [u for u in pending if u.provider in self.providers]  # this rollout's only
-        approved, _ = self.inputs.baseline.approve(pending, store.first_seen(), utcnow())
+        approved, _ = self.inputs.baseline.approve(pending, self.shared.seen, utcnow())
         self.report.planned = [u.pin for u in approved]
         if not approved:
             return self._end(Outcome.SKIPPED)  # compliant: nothing approved is pending
@@ -113,7 +128,7 @@ class HostPatch:
         if now.error is not None:
             return self._end(Outcome.FAILED, now.error)
         if now.plan_hash != plan_hash(pending):
-            _audit("patch.refused", self.host.name, None, reason="plan changed since scan")
+            self._audit("patch.refused", self.host.name, None, reason="plan changed since scan")
             return self._end(
                 Outcome.FAILED,
                 f"refused: the pending updates changed since the scan of {stored.scanned_at:%Y-%m-%d %H:%M} "
@@ -160,7 +175,7 @@ class HostPatch:
                 timeout_s=self.inputs.install_timeout_s,
                 run_as=self.inputs.run_as,
             )
-            _audit("patch.install", self.host.name, done, packages=[u.pin for u in mine])
+            self._audit("patch.install", self.host.name, done, packages=[u.pin for u in mine])
             if not done.ok:
                 return f"install failed: {done.summary()}"
             self.report.installed += [u.pin for u in mine]
@@ -181,7 +196,7 @@ class HostPatch:
             done = await runner.run(
                 host, self.inputs.reboot_command, timeout_s=30, run_as=self.inputs.run_as
             )
-            _audit("patch.reboot", host.name, done, boot_id=boot.stdout.strip())
+            self._audit("patch.reboot", host.name, done, boot_id=boot.stdout.strip())
             runner.forget(host)
             deadline = time.monotonic() + self.inputs.reboot_timeout_s
             while time.monotonic() < deadline:
@@ -211,7 +226,7 @@ class HostPatch:
                 timeout_s=self.inputs.install_timeout_s,
                 run_as=self.inputs.run_as,
             )
-            _audit("patch.rollback", self.host.name, done, versions=versions)
+            self._audit("patch.rollback", self.host.name, done, versions=versions)
             check = await runner.run(self.host, provider.versions_command())
             now = provider.parse_versions(check.stdout) if check.ok else {}
             wrong = {p: now.get(p, "") for p, v in versions.items() if now.get(p, "") != v}
@@ -246,4 +261,6 @@ class HostPatch:
                 self.shared.run_id,
                 str(self.report.outcome),
                 ours=frozenset(self.restore),
+                previous=self.shared.scans.get(self.host.name),
+                seen=self.shared.seen,
             )

@@ -25,6 +25,7 @@ from ktlo.hosts.runner import HostRunner
 from ktlo.steps.context import get_step_context
 from ktlo.steps.registry import StepOutput, step_task
 from ktlo.store.models import utcnow
+from tasks.patch import store
 from tasks.patch.gate import GateCheck
 from tasks.patch.host_patch import HostPatch, HostReport, Shared
 from tasks.patch.inputs import PatchCommon
@@ -175,8 +176,13 @@ class Rollout:
             command_timeout_s=self.inputs.command_timeout_s,
             connect_timeout_s=self.inputs.connect_timeout_s,
         ) as runner:
+            names = [h.name for h in self.hosts]
             shared = Shared(
-                runner, asyncio.Semaphore(self.inputs.max_concurrent_reboots), self.run_id
+                runner,
+                asyncio.Semaphore(self.inputs.max_concurrent_reboots),
+                self.run_id,
+                scans=store.last_scans(names),
+                seen=store.first_seen(),
             )
             start = 0
             for index, size in enumerate(sizes, 1):
@@ -192,11 +198,16 @@ class Rollout:
                 patchers = [HostPatch(h, self.inputs, shared, self.reports[h.name]) for h in batch]
                 for p in patchers:
                     p.report.batch = index
-                await asyncio.gather(*(p.run() for p in patchers))
-                wall = time.monotonic() - began
-                if self.inputs.soak_s and start < len(self.hosts) and not self.budget_spent:
-                    await asyncio.sleep(self.inputs.soak_s)
-                    await asyncio.gather(*(p.after_soak() for p in patchers))
+                mine = [h.name for h in batch]
+                shared.locked = store.acquire(mine, self.run_id, self.inputs.lock_ttl_s)
+                try:
+                    await asyncio.gather(*(p.run() for p in patchers))
+                    wall = time.monotonic() - began
+                    if self.inputs.soak_s and start < len(self.hosts) and not self.budget_spent:
+                        await asyncio.sleep(self.inputs.soak_s)
+                        await asyncio.gather(*(p.after_soak() for p in patchers))
+                finally:
+                    store.release([n for n in mine if n not in shared.locked], self.run_id)
                 self.batches.append(
                     BatchReport(
                         index=index,

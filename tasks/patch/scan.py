@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ktlo.hosts.inventory import Host
@@ -121,12 +122,18 @@ def record(
     scan: HostScan,
     baseline: Baseline,
     run_id: str | None,
-    last_outcome: str | None = None,
+    last_outcome: str | None,
+    *,
+    previous: store.PatchScan | None,
+    seen: dict[tuple[str, str, str], datetime],
     ours: frozenset[tuple[str, str]] = frozenset(),
 ) -> HostScan:
-    """Store the scan, apply the baseline, compute and store the host's state."""
+    """Store the scan, apply the baseline, compute and store the host's state.
+
+    `previous` (the host's last scan, for drift) and `seen` (first-seen times) are read once
+    by the caller for all its hosts: one query each instead of one per host.
+    """
     applicable = any(p.applicable for p in scan.providers)
-    previous = store.last_scans([scan.host]).get(scan.host)
     row = store.record_scan(
         store.PatchScan(
             host=scan.host,
@@ -142,7 +149,7 @@ def record(
         )
     )
     scan.scan_id = row.id
-    scan.approved, scan.rejected = baseline.approve(scan.pending, store.first_seen(), utcnow())
+    scan.approved, scan.rejected = baseline.approve(scan.pending, seen, utcnow())
     scan.drift = drift(previous.installed, scan.installed, ours) if previous is not None else []
     if scan.error is not None:
         scan.state = Compliance.FAILED

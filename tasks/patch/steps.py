@@ -78,7 +78,18 @@ async def scan_hosts(inputs: PatchCommon, run_id: str | None) -> list[scanning.H
             )
         )
     outcomes = {s.host: s.outcome for s in store.states()}
-    scans = [scanning.record(p, inputs.baseline, run_id, outcomes.get(p.host)) for p in probes]
+    previous, seen = store.last_scans([h.name for h in hosts]), store.first_seen()
+    scans = [
+        scanning.record(
+            p,
+            inputs.baseline,
+            run_id,
+            outcomes.get(p.host),
+            previous=previous.get(p.host),
+            seen=seen,
+        )
+        for p in probes
+    ]
     audit_hosts(
         "patch.scan",
         [

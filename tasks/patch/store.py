@@ -123,23 +123,30 @@ def states() -> list[PatchHostState]:
         return list(s.exec(select(PatchHostState).order_by(col(PatchHostState.host))))
 
 
-def acquire(host: str, run_id: str, ttl_s: float) -> str | None:
-    """Take the host's lock; None when taken, else the run id that holds it."""
+def acquire(hosts: list[str], run_id: str, ttl_s: float) -> dict[str, str]:
+    """Take each host's lock (expired ones are cleared first); returns host -> the run that
+    holds it, for the hosts this run did not get."""
     now = utcnow()
+    held: dict[str, str] = {}
     with session() as s:
         s.exec(delete(PatchLock).where(col(PatchLock.expires_at) < now))
-    try:
-        with session() as s:
-            s.add(PatchLock(host=host, run_id=run_id, expires_at=now + timedelta(seconds=ttl_s)))
-    except IntegrityError:
-        with session() as s:
-            held = s.get(PatchLock, host)
-            return held.run_id if held is not None else "another run"
-    return None
+        for row in s.exec(select(PatchLock).where(col(PatchLock.host).in_(hosts))):
+            held[row.host] = row.run_id
+    for host in hosts:
+        if host in held:
+            continue
+        try:
+            with session() as s:
+                s.add(
+                    PatchLock(host=host, run_id=run_id, expires_at=now + timedelta(seconds=ttl_s))
+                )
+        except IntegrityError:  # taken between the read and the insert
+            held[host] = "another run"
+    return held
 
 
-def release(host: str, run_id: str) -> None:
+def release(hosts: list[str], run_id: str) -> None:
     with session() as s:
         s.exec(
-            delete(PatchLock).where(col(PatchLock.host) == host, col(PatchLock.run_id) == run_id)
+            delete(PatchLock).where(col(PatchLock.host).in_(hosts), col(PatchLock.run_id) == run_id)
         )
