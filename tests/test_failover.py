@@ -130,6 +130,23 @@ def start_failover(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+def published_timeline(flow_run_id: str) -> list[dict[str, Any]]:
+    """The failover artifact's table on the flow run (the Prefect UI's evidence)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read() -> Any:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["failover-lab"]))
+            )
+            return [a for a in found if str(a.flow_run_id) == flow_run_id]
+
+    (artifact,) = asyncio.run(read())
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
 def audit_actions() -> list[str]:
     from ktlo.store.audit import events
 
@@ -175,6 +192,8 @@ def test_kill9_in_sync_mode_five_times_loses_no_acknowledged_write(
                 t, out = kill_and_watch(lab, old)
             killed.append(old)
             assert out["outcome"] == "failed_over", out
+            if i == 0:
+                assert published_timeline(result.run.id) == out["timeline"]
             new = out["new_primary"]
             events = [e["event"] for e in out["timeline"]]
             assert events == [

@@ -73,9 +73,10 @@ async def failover(
         out.update(await _decide_and_act(ctx, timeline, accept_loss_bytes))
     finally:
         store.unlock(ctx.name, holder)
-    out["timeline"] = timeline.as_list()
+    healthy = out["outcome"] == Outcome.HEALTHY
+    out["timeline"] = [] if healthy else timeline.as_list()  # no failure: nothing to time
     out["actions"] = ctx.actions
-    if out["outcome"] != Outcome.HEALTHY:
+    if not healthy:
         ctx.audit(
             "outcome",
             str(out.get("new_primary") or ""),
