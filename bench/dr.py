@@ -36,10 +36,10 @@ trap 'kill $(cat $S/app.pid 2>/dev/null) 2>/dev/null; psql "$PG" -qc "DROP DATAB
 # wave 0: the database and the uploads, side by side
 ( psql "$PG" -qc "CREATE DATABASE $DB" &&
   pg_restore --single-transaction --exit-on-error --no-owner --no-privileges -d "host=127.0.0.1 user=postgres dbname=$DB" "$DUMP" &&
-  test "$(psql "host=127.0.0.1 user=postgres dbname=$DB" -Atc 'SELECT count(*) FROM orders')" -ge 1 ) &
+  test "$(psql "host=127.0.0.1 user=postgres dbname=$DB" -Atc 'SELECT count(*) FROM orders')" -ge 1 ) & A=$!
 ( mkdir -p "$S/uploads" && zstd -dc "$TARBALL" | tar -x -C "$S/uploads" &&
-  test -s "$S/uploads/2026/invoice-1.txt" ) &
-wait %1 && wait %2
+  test -s "$S/uploads/2026/invoice-1.txt" ) & B=$!
+wait $A && wait $B
 # wave 1: the app, once both are verified
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 setsid -f python3 - "$PORT" "host=127.0.0.1 user=postgres dbname=$DB" "$S/uploads" "$S/app.pid" < "$APP" > "$S/app.log" 2>&1
@@ -133,6 +133,10 @@ def run() -> Result:
     import os
 
     with session():
+        from ktlo.settings import reload_settings
+
+        os.environ["KTLO_RUNBOOKS"] = str(REPO / "runbooks")  # the shipped example's runbooks
+        reload_settings()
         database = _setup()
         from tasks.backup import store as catalog
 

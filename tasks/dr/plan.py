@@ -19,7 +19,7 @@ from ktlo.errors import KtloError, Problem, RunbookInvalid
 from ktlo.runbook.model import Schedule
 from ktlo.runbook.problems import pydantic_problems
 from ktlo.runbook.validation import find_cycle
-from ktlo.runbook.yamlsrc import Source, load_yaml
+from ktlo.runbook.yamlsrc import Source, parse_yaml
 from ktlo.settings import get_settings
 
 SLUG = r"^[a-z0-9][a-z0-9_-]*$"
@@ -147,10 +147,21 @@ def _graph_problems(plan: Plan, source: Source) -> list[Problem]:
     return problems
 
 
+_parsed: dict[tuple[str, str], Plan] = {}
+
+
 def load_plan(path: Path) -> Plan:
-    source = load_yaml(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return parse_plan(source, digest)
+    """Load and validate a plan; an unchanged file (same sha256) is not parsed again."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RunbookInvalid([Problem(str(path), 1, f"cannot read file: {exc}")]) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    key = (str(path), digest)
+    if key not in _parsed:
+        text = raw.decode("utf-8", errors="replace")
+        _parsed[key] = parse_plan(parse_yaml(text, str(path)), digest)
+    return _parsed[key]
 
 
 def plan_files(directory: Path | None = None) -> list[Path]:

@@ -44,11 +44,11 @@ class Report(BaseModel):
 
 
 class _Checker:
-    """Caches what many services share (runbooks, identical check lists) within one pass."""
+    """Caches what many services share (runbooks, identical recover/verify specs) in one pass."""
 
     def __init__(self) -> None:
         self.runbooks: dict[str, Runbook | str] = {}
-        self.checks: dict[str, list[str]] = {}
+        self.services: dict[str, list[str]] = {}
 
     def runbook(self, name: str) -> Runbook | str:
         if name not in self.runbooks:
@@ -61,6 +61,19 @@ class _Checker:
         return self.runbooks[name]
 
     def service(self, plan: Plan, svc: Service) -> list[str]:
+        """Problems of a service's runbook and checks; services that differ only in what
+        their templates fill in (most of them) are checked once."""
+        names = [s.name for s in plan.services]
+        key = json.dumps(
+            [svc.recover.model_dump(), svc.verify, len(svc.data), names],
+            sort_keys=True,
+            default=str,
+        )
+        if key not in self.services:
+            self.services[key] = self._service(plan, svc)
+        return self.services[key]
+
+    def _service(self, plan: Plan, svc: Service) -> list[str]:
         problems: list[str] = []
         ctx = templates.placeholder_context(svc, plan.services)
         rb = self.runbook(svc.recover.runbook)
@@ -72,10 +85,7 @@ class _Checker:
             except KtloError as exc:
                 problems.append(f"recover params: {str(exc).splitlines()[0]}")
         if svc.verify:
-            key = json.dumps(svc.verify, sort_keys=True, default=str)
-            if key not in self.checks:
-                self.checks[key] = self._checks(svc, ctx)
-            problems += self.checks[key]
+            problems += self._checks(svc, ctx)
         return problems
 
     @staticmethod
