@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -40,3 +42,22 @@ def child_options() -> dict[str, Any]:
     if _prctl is not None:
         options["preexec_fn"] = _die_with(os.getpid())
     return options
+
+
+def lock_is_free(path: Path) -> bool:
+    """`path` exists and no process holds an flock on it: whoever held it has died.
+
+    The kernel drops a process's flocks however it ends, so this tells a dead owner from a
+    live one with no pid to be reused.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the lock we may have taken
+    return True

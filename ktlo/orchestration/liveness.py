@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ktlo.processes import lock_is_free
 from ktlo.settings import get_settings
 from ktlo.status import RunStatus
 
@@ -52,17 +53,7 @@ def alive(run_id: str) -> Iterator[None]:
 
 def died_here(run_id: str) -> bool:
     """The process that ran `run_id` on this machine is gone: its lock file is there and free."""
-    try:
-        fd = os.open(lock_path(run_id), os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return lock_is_free(lock_path(run_id))
 
 
 def dead_runs() -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlparse
 
 from ktlo import secrets
+from ktlo.processes import lock_is_free
 from ktlo.settings import get_settings
 from tasks.backup.model import BackupError, DestinationSpec, Manifest
 
@@ -167,25 +168,11 @@ class LocalDestination:
             key = f"{partial.parent.name}/{partial.name[1 : -len(PARTIAL_SUFFIX)]}"
             if key in keep or key.removesuffix(MANIFEST_SUFFIX) in keep:
                 continue
-            if _lock_is_free(partial):
+            if lock_is_free(partial):
                 with contextlib.suppress(FileNotFoundError):
                     partial.unlink()
                 removed.append(str(partial))
         return removed
-
-
-def _lock_is_free(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops the lock we may have taken
-    return True
 
 
 # -- S3 ------------------------------------------------------------------------------------
