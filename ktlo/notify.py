@@ -63,6 +63,22 @@ def _parse_inline(text: str) -> dict[str, Any]:
     return out
 
 
+MAX_CHANNELS_FILE_BYTES = 1024 * 1024
+
+
+def _safe_yaml(path: Path) -> Any:
+    """The channels file, refused when it is too large or uses aliases (an alias bomb of a
+    few hundred bytes expands to gigabytes), as `ktlo.runbook.yamlsrc` does for runbooks."""
+    if path.stat().st_size > MAX_CHANNELS_FILE_BYTES:
+        raise ChannelError(f"{path}: larger than {MAX_CHANNELS_FILE_BYTES // 1024} KiB")
+    text = path.read_text(encoding="utf-8")
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else 1
+            raise ChannelError(f"{path}:{line}: YAML aliases are not allowed")
+    return yaml.safe_load(text) or {}
+
+
 def channels() -> dict[str, list[str]]:
     """Named channels from `KTLO_CHANNELS` and the channels file (the environment wins)."""
     settings = get_settings()
@@ -70,7 +86,7 @@ def channels() -> dict[str, list[str]]:
     path: Path = settings.channels_file or settings.home_dir / "channels.yaml"
     if path.is_file():
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = _safe_yaml(path)
         except yaml.YAMLError as exc:
             raise ChannelError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):

@@ -106,3 +106,24 @@ def test_a_long_chain_has_no_recursion_limit() -> None:
     assert cycle is not None
     assert cycle[0] == cycle[-1]
     assert len(cycle) == 5001
+
+
+def test_the_channels_file_refuses_aliases_too(home: Home) -> None:
+    (home.path / "channels.yaml").write_text(
+        "oncall: json://127.0.0.1:9/x\n" + BOMB.split("\n", 2)[2]
+    )
+    path = home.runbook(
+        "notifying",
+        "name: notifying\nnotify: {on_failure: [oncall]}\n"
+        "steps:\n  - id: a\n    uses: log\n    with: {message: x}\n",
+    )
+    result = subprocess.run(
+        [KTLO, "validate", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **home.env},
+        preexec_fn=_capped,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"{home.path / 'channels.yaml'}:3: YAML aliases are not allowed" in result.stdout
