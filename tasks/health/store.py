@@ -90,6 +90,19 @@ def current_states(runbook: str | None = None) -> list[CheckState]:
         return list(s.exec(query.order_by(col(CheckState.key))).all())
 
 
+def state_rows() -> list[Any]:
+    """Every check's current state as plain rows (no ORM objects, no conditions): what a
+    page of 1,000 checks needs, several times faster to read than `current_states`."""
+    t = CheckState.__table__.c  # type: ignore[attr-defined]
+    query = sa_select(
+        t.key, t.runbook, t.name, t.check_type, t.target, t.state, t.since,
+        t.last_checked_at, t.last_duration_ms, t.last_error, t.suppressed, t.last_url,
+        t.remediation_runbook, t.remediation_status,
+    ).order_by(t.key)  # fmt: skip
+    with session() as s:
+        return list(s.connection().execute(query).all())
+
+
 def recent_events(key: str | None = None, limit: int = 50) -> list[CheckEvent]:
     with session() as s:
         query = select(CheckEvent)
@@ -130,23 +143,28 @@ BUCKET: Table = CheckBucket.__table__  # type: ignore[attr-defined]
 
 
 def hour_counts(hours: list[datetime]) -> list[Any]:
-    """Every check's buckets of the given hours: rows of key, `hour` (the index into `hours`),
-    ok, degraded, failing, maintenance, ms_sum, ms_n.
+    """Every check's buckets of the given hours, as rows of `key`, `hour` (the index into
+    `hours`), `worst` (failing | degraded | ok | maintenance), `up` (ok or degraded),
+    `counted` (maintenance is not) and `ms` (the average response time, or null).
 
-    The database turns each bucket's start into its index: parsing 24,000 stored times
-    back into datetimes would cost more than the whole query.
+    The database does the per-bucket arithmetic and turns each start into its index:
+    parsing 24,000 stored times back into datetimes would cost more than the whole query.
     """
-    index = case({h: i for i, h in enumerate(hours)}, value=BUCKET.c.start, else_=-1)
+    b = BUCKET.c
+    worst = case(
+        (b.failing > 0, "failing"),
+        (b.degraded > 0, "degraded"),
+        (b.ok > 0, "ok"),
+        else_="maintenance",
+    )
     query = sa_select(
-        BUCKET.c.key,
-        index.label("hour"),
-        BUCKET.c.ok,
-        BUCKET.c.degraded,
-        BUCKET.c.failing,
-        BUCKET.c.maintenance,
-        BUCKET.c.ms_sum,
-        BUCKET.c.ms_n,
-    ).where(BUCKET.c.span_s == HOUR_S, BUCKET.c.start >= min(hours))
+        b.key,
+        case({h: i for i, h in enumerate(hours)}, value=b.start, else_=-1).label("hour"),
+        worst.label("worst"),
+        (b.ok + b.degraded).label("up"),
+        (b.ok + b.degraded + b.failing).label("counted"),
+        case((b.ms_n > 0, b.ms_sum / b.ms_n), else_=None).label("ms"),
+    ).where(b.span_s == HOUR_S, b.start >= min(hours))
     with session() as s:
         return list(s.connection().execute(query).all())
 
