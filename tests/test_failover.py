@@ -343,6 +343,19 @@ def test_unreachable_old_primary_fence_unconfirmed_routing_moves(
     finally:
         writer.stop()
     assert writer.lost_ids(lab.nodes[new].dsn) == []
+    # The cluster's fence command confirms a fence the host could not: it is told the node.
+    from tasks.failover import ops
+
+    mark = home.path / "fenced-by-command"
+    command = ["sh", "-c", f"echo '{{node}} {{host}}' > {mark}"]
+    write_config(lab, home, fence_command={"command": command, "host": "here"})
+    config = yaml.safe_load(Path(env["KTLO_CLUSTERS"]).read_text())
+    config["clusters"]["lab"]["nodes"][old]["host"] = "gone"
+    Path(env["KTLO_CLUSTERS"]).write_text(yaml.safe_dump(config, sort_keys=False))
+    fenced = with_ctx(lambda ctx: ops.fence(ctx, old))
+    assert fenced["confirmed"] is True
+    assert fenced["how"] == "fence command succeeded"
+    assert mark.read_text().strip() == f"{old} gone"
     inventory.unlink()
     write_config(lab, home)
     rejoin(old)

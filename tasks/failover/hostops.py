@@ -22,6 +22,16 @@ ALIVE_SH = """alive() {
   [ -n "$st" ] && [ "$st" != Z ] && grep -q postgres /proc/$pid/cmdline 2>/dev/null
 }
 """
+STALE_LOCKS_SH = """pid=$(head -n1 "$D/postmaster.pid" 2>/dev/null)
+if [ -n "$pid" ]; then
+  port=$(sed -n 4p "$D/postmaster.pid"); socks=$(sed -n 5p "$D/postmaster.pid" | tr ',' ' ')
+  for d in $socks; do
+    l="$d/.s.PGSQL.$port.lock"
+    if [ "$(head -n1 "$l" 2>/dev/null)" = "$pid" ]; then rm -f "$l"; fi
+  done
+fi
+rm -f "$D/postmaster.pid"
+"""
 # Settings a rewind or base backup copies from the source that must be the node's own.
 OWN_KEYS = ("primary_conninfo", "primary_slot_name", "synchronous_standby_names")
 
@@ -61,8 +71,10 @@ async def stop(runner: HostRunner, node: NodeConfig, mode: str = "immediate") ->
         + "i=0; while alive && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n"
         + "if alive; then echo running; exit 1; fi\n"
         # A killed postmaster that nobody reaped stays a zombie, and postgres (or pg_rewind's
-        # single-user recovery) would take the pid file as a live server: it is stale.
-        + 'rm -f "$D/postmaster.pid"; echo stopped\n'
+        # single-user recovery) would take its pid file and socket lock as a live server's:
+        # both are stale (the socket lock only when it names that same dead pid).
+        + STALE_LOCKS_SH
+        + "echo stopped\n"
     )
     return await run(runner, node, script, timeout_s=40)
 
