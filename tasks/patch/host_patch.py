@@ -135,7 +135,7 @@ class HostPatch:
                 f"(plan {plan_hash(pending)} -> {now.plan_hash}); scan again and review",
             )
         before = now.installed
-        restore = self.restore = {
+        restore = self.restore = {  # also marks the host as touched
             (u.provider, u.name): before.get(u.provider, {}).get(u.name, "") for u in approved
         }
         failure = await self._install(approved)
@@ -149,7 +149,6 @@ class HostPatch:
             self._end(Outcome.PATCHED)
         else:
             await self._rollback(restore, failure)
-        await self._rescan()
         return None
 
     async def after_soak(self) -> None:
@@ -162,7 +161,6 @@ class HostPatch:
         self.report.health = "; ".join(problems)
         await self._rollback(self.restore, "health gate failed after soak: " + "; ".join(problems))
         store.save_state(self.host.name, outcome=str(self.report.outcome), state="Failed")
-        await self._rescan()
 
     async def _install(self, approved: list[Update]) -> str | None:
         for name, provider in self.providers.items():
@@ -245,8 +243,16 @@ class HostPatch:
         self._end(Outcome.ROLLED_BACK, failure + note)
         return None
 
-    async def _rescan(self) -> None:
-        """Record what the host has now, so its state and later drift start from here."""
+    @property
+    def touched(self) -> bool:
+        return bool(self.restore)
+
+    async def rescan(self) -> None:
+        """Record what the host has now, so its state and later drift start from here.
+
+        The rollout runs it for every touched host after the last batch, all at once: a
+        batch does not wait for its hosts' rescans.
+        """
         fresh = await scanning.probe(
             self.shared.runner,
             self.host,

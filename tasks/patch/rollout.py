@@ -14,7 +14,7 @@ import math
 import re
 import time
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from pydantic import BaseModel, Field, field_validator
@@ -151,6 +151,7 @@ class Rollout:
             self.hosts = hosts = hosts[: inputs.limit]
         self.reports = {h.name: HostReport(h.name) for h in hosts}
         self.batches: list[BatchReport] = []
+        self.patchers: list[HostPatch] = []
 
     @property
     def failed(self) -> int:
@@ -184,47 +185,56 @@ class Rollout:
                 scans=store.last_scans(names),
                 seen=store.first_seen(),
             )
-            start = 0
-            for index, size in enumerate(sizes, 1):
-                batch = self.hosts[start : start + size]
-                start += size
-                why = "failure budget spent" if self.budget_spent else self._closed()
-                if why is not None:
-                    logger.warning("batch %d and later not started: %s", index, why)
-                    for host in self.hosts[start - size :]:
-                        self.reports[host.name].error = why
-                    break
-                began = time.monotonic()
-                patchers = [HostPatch(h, self.inputs, shared, self.reports[h.name]) for h in batch]
-                for p in patchers:
-                    p.report.batch = index
-                mine = [h.name for h in batch]
-                shared.locked = store.acquire(mine, self.run_id, self.inputs.lock_ttl_s)
-                try:
-                    await asyncio.gather(*(p.run() for p in patchers))
-                    wall = time.monotonic() - began
-                    if self.inputs.soak_s and start < len(self.hosts) and not self.budget_spent:
-                        await asyncio.sleep(self.inputs.soak_s)
-                        await asyncio.gather(*(p.after_soak() for p in patchers))
-                finally:
-                    store.release([n for n in mine if n not in shared.locked], self.run_id)
-                self.batches.append(
-                    BatchReport(
-                        index=index,
-                        hosts=[h.name for h in batch],
-                        wall_s=round(wall, 3),
-                        slowest_host_s=round(max(p.report.remote_s for p in patchers), 3),
-                        failed=sum(p.report.counts_failed for p in patchers),
-                    )
+            try:
+                await self._batches(sizes, shared, logger)
+            finally:
+                done = [p for p in self.patchers if p.touched]
+                await asyncio.gather(*(p.rescan() for p in done))
+
+    async def _batches(self, sizes: list[int], shared: Shared, logger: Any) -> None:
+        """Batch after batch while the budget and the window allow; hosts of a batch at once."""
+        start = 0
+        for index, size in enumerate(sizes, 1):
+            batch = self.hosts[start : start + size]
+            start += size
+            why = "failure budget spent" if self.budget_spent else self._closed()
+            if why is not None:
+                logger.warning("batch %d and later not started: %s", index, why)
+                for host in self.hosts[start - size :]:
+                    self.reports[host.name].error = why
+                break
+            began = time.monotonic()
+            patchers = [HostPatch(h, self.inputs, shared, self.reports[h.name]) for h in batch]
+            self.patchers += patchers
+            for p in patchers:
+                p.report.batch = index
+            mine = [h.name for h in batch]
+            shared.locked = store.acquire(mine, self.run_id, self.inputs.lock_ttl_s)
+            try:
+                await asyncio.gather(*(p.run() for p in patchers))
+                wall = time.monotonic() - began
+                if self.inputs.soak_s and start < len(self.hosts) and not self.budget_spent:
+                    await asyncio.sleep(self.inputs.soak_s)
+                    await asyncio.gather(*(p.after_soak() for p in patchers))
+            finally:
+                store.release([n for n in mine if n not in shared.locked], self.run_id)
+            self.batches.append(
+                BatchReport(
+                    index=index,
+                    hosts=[h.name for h in batch],
+                    wall_s=round(wall, 3),
+                    slowest_host_s=round(max(p.report.remote_s for p in patchers), 3),
+                    failed=sum(p.report.counts_failed for p in patchers),
                 )
-                logger.info(
-                    "batch %d: %d hosts, %d failed; fleet %d failed of %d allowed",
-                    index,
-                    len(batch),
-                    self.batches[-1].failed,
-                    self.failed,
-                    self.max_failed,
-                )
+            )
+            logger.info(
+                "batch %d: %d hosts, %d failed; fleet %d failed of %d allowed",
+                index,
+                len(batch),
+                self.batches[-1].failed,
+                self.failed,
+                self.max_failed,
+            )
 
     def output(self) -> RolloutOutput:
         outcomes: dict[str, int] = {}
