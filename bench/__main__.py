@@ -1,4 +1,5 @@
-"""`python -m bench`: every benchmark in one session (one Prefect server), then a summary."""
+"""`python -m bench [NAME...]`: the benchmarks (all, or those named) in one session (one
+Prefect server), then a summary."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from collections.abc import Callable
 from bench import (
     backup,
     cold_run,
+    dashboard,
+    dr,
     engine_overhead,
+    failover,
     health_sweep,
+    patching,
     schedule_accuracy,
     webhook,
     workers,
@@ -25,6 +30,10 @@ BENCHMARKS: dict[str, Callable[[], Result]] = {
     "workers": workers.run,
     "webhook": webhook.run,
     "backup": backup.run,
+    "patching": patching.run,
+    "failover": failover.run,
+    "dr": dr.run,
+    "dashboard": dashboard.run,
 }
 
 
@@ -32,7 +41,13 @@ def main() -> int:
     results: list[Result] = []
     failed: list[str] = []
     with session():
-        for name, bench in BENCHMARKS.items():
+        chosen = sys.argv[1:] or list(BENCHMARKS)
+        unknown = [n for n in chosen if n not in BENCHMARKS]
+        if unknown:
+            print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+            return 2
+        for name in chosen:
+            bench = BENCHMARKS[name]
             print(f"\n== {name} ==", flush=True)
             try:
                 results.append(bench())
