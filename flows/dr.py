@@ -15,21 +15,24 @@ import getpass
 import uuid
 from collections import defaultdict
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import MarkdownArtifact
 from prefect.context import FlowRunContext
 
-from flows.runbook import _flow_run_url, run_result, runbook_flow
+from flows.runbook import _flow_run_url
 from ktlo import secrets
+from ktlo.engine.executor import Executor, Outcome, RunInfo
+from ktlo.errors import KtloError
 from ktlo.recovery import RecoveryPoint, latest_points
 from ktlo.runbook.loader import find_runbook, hand_over, load_runbook
+from ktlo.runbook.model import Runbook
+from ktlo.runbook.params import validate_params
+from ktlo.status import RunStatus
 from ktlo.steps import registry
 from ktlo.steps.context import flow_client
-from ktlo.store import audit
+from ktlo.store import audit, runs
 from tasks.dr import report, scratch, store, templates
 from tasks.dr.drill import ServiceResult, approval_wait_s, data_checks, judge, rpo_of
 from tasks.dr.plan import Plan, Service, find_plan, load_plan
@@ -42,15 +45,37 @@ def _since(start: datetime) -> float:
     return round((datetime.now(UTC) - start).total_seconds(), 3)
 
 
-def _run_id(state: Any) -> str | None:
-    flow_run_id = getattr(state.state_details, "flow_run_id", None)
-    return str(flow_run_id) if flow_run_id else None
+async def _run_inline(
+    rb: Runbook, params: dict[str, Any], parent_run_id: str | None
+) -> tuple[str, Outcome]:
+    """Run a runbook's steps in the current (service) flow run: its steps are task runs of
+    that run in the Prefect UI, and a ktlo run record of their own (`ktlo history`), without
+    the second or so a separate flow run costs on a busy server."""
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    url = _flow_run_url(flow_run_id) if flow_run_id else None
+    run_id = str(uuid.uuid4())
+    try:
+        values = validate_params(rb, params)
+    except KtloError as exc:
+        return run_id, Outcome(status=RunStatus.FAILED, outputs={"error": str(exc)})
+    runs.start_run(
+        run_id, rb.name, params=values, trigger="subflow", parent_run_id=parent_run_id, url=url
+    )
+    info = RunInfo(
+        run_id=run_id, runbook=rb.name, flow_run_id=flow_run_id, url=url, trigger="subflow"
+    )
+    try:
+        outcome = await Executor(rb, values, info).run()
+    except BaseException as exc:
+        runs.finish_run(run_id, RunStatus.CRASHED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    runs.finish_run(run_id, outcome.status, error=outcome.error)
+    return run_id, outcome
 
 
-async def _run_runbook(ref: str, params: dict[str, Any]) -> Any:
-    """A runbook as a child flow run; its final state (a failed run does not raise)."""
-    call: Any = runbook_flow(runbook=ref, **params, return_state=True)
-    return await call
+def _why(outcome: Outcome) -> str:
+    return outcome.error or str(outcome.outputs.get("error") or outcome.status)
 
 
 @flow(name=SERVICE_FLOW, validate_parameters=False)
@@ -62,6 +87,7 @@ async def service_flow(
     others: dict[str, dict[str, Any]],
     wave: int,
     drill_started: datetime,
+    drill_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Recover one service into its scratch targets, then run its verify checks."""
     svc = Service.model_validate(service)
@@ -82,25 +108,22 @@ async def service_flow(
     log = get_run_logger()
     others_t = {k: scratch.Targets.model_validate(v) for k, v in others.items()}
     context = templates.context(tgt, pts, others_t)
-    state = await _run_runbook(svc.recover.runbook, templates.recover_params(svc, context))
-    result.recover_run_id = _run_id(state)
-    if not state.is_completed():
-        result.error = f"recover runbook {svc.recover.runbook}: {state.message or state.name}"
+    recover = load_runbook(find_runbook(svc.recover.runbook))
+    params = templates.recover_params(svc, context)
+    result.recover_run_id, outcome = await _run_inline(recover, params, drill_run_id)
+    if outcome.status == RunStatus.FAILED:
+        result.error = f"recover runbook {svc.recover.runbook}: {_why(outcome)}"
         log.error("%s", result.error)
         return result.model_dump(mode="json")
-    outputs = run_result(await state.aresult())["outputs"]
     result.recovered_s = _since(drill_started)
-    result.data_checks = data_checks(pts, outputs)
+    result.data_checks = data_checks(pts, secrets.redact(outcome.outputs))
     if svc.verify:
-        path = Path(tgt.dir) / "verify.yaml"
         rb = templates.verify_runbook(
             f"dr-verify-{svc.name}", templates.verify_checks(svc, context)
         )
-        path.write_text(yaml.safe_dump(rb.model_dump(by_alias=True, exclude_defaults=True)))
-        state = await _run_runbook(str(path), {})
-        result.verify_run_id = _run_id(state)
-        if not state.is_completed():
-            result.error = f"verify: {state.message or state.name}"
+        result.verify_run_id, outcome = await _run_inline(rb, {}, drill_run_id)
+        if outcome.status == RunStatus.FAILED:
+            result.error = f"verify: {_why(outcome)}"
             log.error("%s", result.error)
             return result.model_dump(mode="json")
     result.verified = True
@@ -204,6 +227,7 @@ async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
                         others={k: v.model_dump() for k, v in targets.items()},
                         wave=wave_no,
                         drill_started=started,
+                        drill_run_id=run_id,
                     )
                     for svc in runnable
                 )
