@@ -131,8 +131,31 @@ def test_timeouts_and_step_failures_are_one_line(prefect_api: str, home: Home) -
     assert "timed out after 1s" in output
     assert "exit code 3" in output
     assert "Traceback" not in output, output
-    assert "File \"" not in output
+    assert 'File "' not in output
 
     debug = cli("run", "times-out", env={**home.env, "KTLO_DEBUG": "1"})
     assert debug.returncode == 1
     assert "Traceback" in debug.stdout + debug.stderr
+
+
+def test_a_backup_that_times_out_is_one_line(prefect_api: str, home: Home, tmp_path: Path) -> None:
+    """The backup's worker thread fails after the step was cancelled: no "never retrieved"."""
+    from tests.test_backup_directory import _bulk
+
+    src = _bulk(tmp_path / "bulk")
+    home.runbook(
+        "too-slow",
+        f"""
+        name: too-slow
+        steps:
+          - id: backup
+            uses: backup.directory
+            timeout_s: 0.3
+            with: {{path: "{src}"}}
+        """,
+    )
+    done = cli("run", "too-slow", env=home.env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "timed out after 0.3s" in output
+    assert "Traceback" not in output, output

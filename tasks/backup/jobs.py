@@ -72,6 +72,9 @@ async def in_thread(work: Callable[[Job], T]) -> T:
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
     future = loop.run_in_executor(None, ctx.run, work, job)
+    # Once the step is cancelled nobody awaits it; its error ("cancelled") follows from the
+    # cancellation and must not be logged with a stack as "never retrieved".
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         return await asyncio.shield(future)
     except BaseException:
