@@ -213,8 +213,10 @@ def test_readiness_flips_are_reported_and_notified_once(example: Example) -> Non
         age_backups(timedelta(days=2))
         passes(False, "over the RPO", 1)
         assert "NOT READY" in receiver.json_urls()[0]["title"]
+        _assert_status(example, ready=False, problem="over the RPO")
         age_backups(-timedelta(days=2))
         passes(True, None, 2)
+        _assert_status(example, ready=True, problem=None)
 
         original = example.plan.read_text()
         example.plan.write_text(original + "# edited\n")
@@ -227,6 +229,19 @@ def test_readiness_flips_are_reported_and_notified_once(example: Example) -> Non
         assert "dr-example-app" in receiver.json_urls()[-1]["message"]
     finally:
         receiver.close()
+
+
+def _assert_status(example: Example, *, ready: bool, problem: str | None) -> None:  # noqa: F811
+    """`ktlo status` shows the plan's readiness beside the health checks."""
+    out = cli("status", "--json", env=example.home.env)
+    assert out.returncode == 0, out.stderr
+    (plan,) = [p for p in json.loads(out.stdout)["dr_plans"] if p["name"] == "example"]
+    assert plan["ready"] is ready
+    assert plan["state"] == ("OK" if ready else "FAILING")
+    if problem:
+        assert any(problem in p for p in plan["problems"]), plan
+    table = cli("status", env={**example.home.env, "COLUMNS": "200"})
+    assert ("NOT READY" in table.stdout) is (not ready), table.stdout
 
 
 def test_plan_errors_name_file_and_line(tmp_path: Path) -> None:

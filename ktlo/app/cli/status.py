@@ -1,4 +1,5 @@
-"""`ktlo status`: the current alert state of every health check, from the ktlo store."""
+"""`ktlo status`: the current alert state of every health check and the readiness of every DR
+plan (as its last readiness pass recorded it), from the ktlo store."""
 
 from __future__ import annotations
 
@@ -73,9 +74,12 @@ def status(
         return
 
     rows = sorted(current_states(runbook), key=lambda r: (ORDER.get(r.state, 3), r.key))
+    plans = [] if runbook else _dr_plans()
     if as_json:
-        print_json({"checks": [_json(r) for r in rows]})
+        print_json({"checks": [_json(r) for r in rows], "dr_plans": plans})
         return
+    if plans:
+        _print_plans(plans)
     if not rows:
         console.print("no health checks recorded yet (run a runbook with a health.sweep step)")
         return
@@ -110,6 +114,36 @@ def status(
         f"{len(rows)} checks: {counts['OK']} OK, {counts['DEGRADED']} DEGRADED, "
         f"{counts['FAILING']} FAILING"
     )
+
+
+def _dr_plans() -> list[dict[str, Any]]:
+    """DR plans as the last readiness pass left them (`ktlo dr readiness`, `dr.readiness`)."""
+    from tasks.dr.store import readiness_states
+
+    return [
+        {
+            "name": r.plan,
+            "ready": r.ready,
+            "state": "OK" if r.ready else "FAILING",
+            "since": iso(r.changed_at),
+            "problems": r.problems,
+        }
+        for r in sorted(readiness_states().values(), key=lambda r: (r.ready, r.plan))
+    ]
+
+
+def _print_plans(plans: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="DR plans (readiness)", title_justify="left")
+    table.add_column("plan", overflow="fold")
+    table.add_column("state", no_wrap=True)
+    table.add_column("problems", overflow="fold", ratio=1, min_width=24)
+    for p in plans:
+        style = STATE_STYLE[p["state"]]
+        state = "ready" if p["ready"] else "NOT READY"
+        table.add_row(esc(p["name"]), f"[{style}]{state}[/]", esc("; ".join(p["problems"])))
+    console.print(table)
 
 
 def _write_html(path: Path, *, public: bool) -> None:
