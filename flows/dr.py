@@ -1,11 +1,14 @@
-"""The DR drill flow: recover a plan's services into scratch targets, wave by wave, verify,
-measure, and always clean up.
+"""The DR drill flow: recover a plan's services into scratch targets in dependency order,
+verify, measure, and always clean up.
 
-Each service is a child flow run (`dr-service`), whose recover runbook and verify runbook
-are grandchild runs, all visible in the Prefect UI. Services of one wave run concurrently; a
-service whose dependency was not verified is not started. Cleanup runs in `finally` (errors
-and Ctrl-C), in the flow's cancellation/crash hooks (a served run that is cancelled or
-killed), and otherwise in the next readiness pass (the scratch journal names the dead owner).
+Each service is a child flow run (`dr-service`); its recover runbook and verify checks run
+inside it as task runs (each with a ktlo run record), all visible in the Prefect UI. All child
+runs start at once and each waits until its dependencies were verified, so independent
+services recover concurrently and Prefect's cost of starting a run overlaps the recovery of
+the services before it; a service whose dependency was not verified is not started. Cleanup
+runs in `finally` (errors and Ctrl-C), in the flow's cancellation/crash hooks (a served run
+that is cancelled or killed), and otherwise in the next readiness pass (the scratch journal
+names the dead owner).
 """
 
 from __future__ import annotations
@@ -78,6 +81,12 @@ def _why(outcome: Outcome) -> str:
     return outcome.error or str(outcome.outputs.get("error") or outcome.status)
 
 
+# Per running drill (by run id): each service's future, resolved with "verified?" when its
+# child run ends. Every child run is started at once, so Prefect's cost of creating a flow
+# run (a second or two on a busy server) overlaps the recovery of the services it waits for.
+_verified: dict[str, dict[str, asyncio.Future[bool]]] = {}
+
+
 @flow(name=SERVICE_FLOW, validate_parameters=False)
 async def service_flow(
     plan: str,
@@ -89,20 +98,40 @@ async def service_flow(
     drill_started: datetime,
     drill_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Recover one service into its scratch targets, then run its verify checks."""
+    """Wait until the service's dependencies are verified, recover it into its scratch
+    targets, then run its verify checks."""
     svc = Service.model_validate(service)
+    gates = _verified.get(drill_run_id or "", {})
+    result = ServiceResult(
+        name=svc.name, wave=wave, tier=svc.tier, rto_target_s=svc.rto_s, rpo_target_s=svc.rpo_s
+    )
+    try:
+        blocked = [d for d in svc.depends_on if d not in gates or not await gates[d]]
+        if blocked:
+            result.error = f"not started: dependency not verified: {', '.join(blocked)}"
+        else:
+            await _recover(svc, targets, points, others, drill_started, drill_run_id, result)
+    finally:
+        gate = gates.get(svc.name)
+        if gate is not None and not gate.done():
+            gate.set_result(result.verified)
+    return result.model_dump(mode="json")
+
+
+async def _recover(
+    svc: Service,
+    targets: dict[str, Any],
+    points: list[dict[str, Any]],
+    others: dict[str, dict[str, Any]],
+    drill_started: datetime,
+    drill_run_id: str | None,
+    result: ServiceResult,
+) -> None:
     tgt = scratch.Targets.model_validate(targets)
     pts = [RecoveryPoint.model_validate(p) for p in points]
-    result = ServiceResult(
-        name=svc.name,
-        wave=wave,
-        tier=svc.tier,
-        rto_target_s=svc.rto_s,
-        rpo_target_s=svc.rpo_s,
-        recovery_points=pts,
-        rpo_achieved_s=rpo_of(pts, drill_started),
-        started_s=_since(drill_started),
-    )
+    result.recovery_points = pts
+    result.rpo_achieved_s = rpo_of(pts, drill_started)
+    result.started_s = _since(drill_started)
     ctx = FlowRunContext.get()
     result.service_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     log = get_run_logger()
@@ -114,7 +143,7 @@ async def service_flow(
     if outcome.status == RunStatus.FAILED:
         result.error = f"recover runbook {svc.recover.runbook}: {_why(outcome)}"
         log.error("%s", result.error)
-        return result.model_dump(mode="json")
+        return
     result.recovered_s = _since(drill_started)
     result.data_checks = data_checks(pts, secrets.redact(outcome.outputs))
     if svc.verify:
@@ -125,11 +154,10 @@ async def service_flow(
         if outcome.status == RunStatus.FAILED:
             result.error = f"verify: {_why(outcome)}"
             log.error("%s", result.error)
-            return result.model_dump(mode="json")
+            return
     result.verified = True
     result.verified_s = result.rto_achieved_s = _since(drill_started)
     result.approval_wait_s = approval_wait_s([result.recover_run_id])
-    return result.model_dump(mode="json")
 
 
 def _warm_up(plan: Plan) -> None:
@@ -190,51 +218,46 @@ async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
     proofs: dict[str, scratch.Proof] = {}
     try:
         points = _points(plan)
-        for wave_no, wave in enumerate(plan.waves()):
-            runnable: list[Service] = []
-            for svc in wave:
-                blocked = [d for d in svc.depends_on if not results[d].verified]
-                missing = [d.source for d in svc.data if (d.provider, d.source) not in points]
-                if blocked or missing:
-                    why = (
-                        f"dependency not verified: {', '.join(blocked)}"
-                        if blocked
-                        else (f"no verified recovery point of {', '.join(missing)}")
-                    )
-                    results[svc.name] = ServiceResult(
-                        name=svc.name,
-                        wave=wave_no,
-                        tier=svc.tier,
-                        rto_target_s=svc.rto_s,
-                        rpo_target_s=svc.rpo_s,
-                        error=f"not started: {why}",
-                    )
-                    continue
-                targets[svc.name] = await asyncio.to_thread(scratch.allocate, run_id, svc)
-                runnable.append(svc)
-            log.info(
-                "wave %d: %s", wave_no, ", ".join(s.name for s in runnable) or "nothing to start"
-            )
-            outs = await asyncio.gather(
-                *(
-                    service_flow.with_options(flow_run_name=f"{plan.name}-{svc.name}")(
-                        plan=plan.name,
-                        service=svc.model_dump(),
-                        targets=targets[svc.name].model_dump(),
-                        points=[
-                            points[(d.provider, d.source)].model_dump(mode="json") for d in svc.data
-                        ],
-                        others={k: v.model_dump() for k, v in targets.items()},
-                        wave=wave_no,
-                        drill_started=started,
-                        drill_run_id=run_id,
-                    )
-                    for svc in runnable
+        wave_of = {svc.name: n for n, wave in enumerate(plan.waves()) for svc in wave}
+        runnable: list[Service] = []
+        for svc in plan.services:
+            missing = [d.source for d in svc.data if (d.provider, d.source) not in points]
+            if missing:
+                results[svc.name] = ServiceResult(
+                    name=svc.name,
+                    wave=wave_of[svc.name],
+                    tier=svc.tier,
+                    rto_target_s=svc.rto_s,
+                    rpo_target_s=svc.rpo_s,
+                    error=f"not started: no verified recovery point of {', '.join(missing)}",
                 )
+                continue
+            targets[svc.name] = await asyncio.to_thread(scratch.allocate, run_id, svc)
+            runnable.append(svc)
+        loop = asyncio.get_running_loop()
+        _verified[run_id] = {svc.name: loop.create_future() for svc in runnable}
+        log.info("recovering %s", ", ".join(s.name for s in runnable) or "nothing")
+        outs = await asyncio.gather(
+            *(
+                service_flow.with_options(flow_run_name=f"{plan.name}-{svc.name}")(
+                    plan=plan.name,
+                    service=svc.model_dump(),
+                    targets=targets[svc.name].model_dump(),
+                    points=[
+                        points[(d.provider, d.source)].model_dump(mode="json") for d in svc.data
+                    ],
+                    others={k: v.model_dump() for k, v in targets.items()},
+                    wave=wave_of[svc.name],
+                    drill_started=started,
+                    drill_run_id=run_id,
+                )
+                for svc in runnable
             )
-            for svc, out in zip(runnable, outs, strict=True):
-                results[svc.name] = ServiceResult.model_validate(out)
+        )
+        for svc, out in zip(runnable, outs, strict=True):
+            results[svc.name] = ServiceResult.model_validate(out)
     finally:
+        _verified.pop(run_id, None)
         for name in targets:
             proofs[name] = await asyncio.to_thread(scratch.cleanup, run_id, name)
         leftover = await asyncio.to_thread(scratch.cleanup, run_id)

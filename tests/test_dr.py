@@ -142,6 +142,22 @@ def test_failing_verify_fails_the_drill_cleans_up_and_says_why(example: Example)
     assert doc["services"][2]["cleanup"]["processes_stopped"]
 
 
+def test_a_service_waits_for_its_dependencies_and_is_not_started_without_them(
+    example: Example,  # noqa: F811
+) -> None:
+    example.edit_plan('"value >= 1"', '"value >= 1000000"')  # the db's verify check fails
+    doc = drill()
+    assert doc["verdict"] == "failed"
+    db, uploads, app = doc["services"]
+    assert not db["verified"]
+    assert uploads["verified"]
+    assert app["error"] == "not started: dependency not verified: db"
+    assert app["started_s"] is None
+    assert app["recover_run_id"] is None
+    assert app["service_run_id"] is None
+    _assert_scratch_gone(doc)
+
+
 def test_killed_drill_is_cleaned_up_by_the_next_readiness_pass(example: Example) -> None:  # noqa: F811
     from tasks.dr import store
     from tasks.dr.readiness import readiness
