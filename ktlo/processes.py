@@ -61,3 +61,24 @@ def lock_is_free(path: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the lock we may have taken
     return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs: a zombie (dead, not yet reaped) counts as gone, and
+    one that is this process's own exited child is reaped on the way."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")

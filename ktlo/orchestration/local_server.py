@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from ktlo.errors import KtloError
+from ktlo.processes import pid_alive
 from ktlo.settings import get_settings
 
 DEFAULT_PORT = 4200
@@ -81,23 +82,10 @@ def _serves(info: ServerInfo, timeout: float = 1.0) -> bool:
 
 def running() -> ServerInfo | None:
     info = read_info()
-    if info is not None and _alive(info.pid) and _serves(info):
+    if info is not None and pid_alive(info.pid) and _serves(info):
         return info
     return None
 
-
-def _alive(pid: int) -> bool:
-    try:  # reap it if it is our own child that exited, or it lingers as a zombie
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -237,14 +225,14 @@ def _prepare(info: ServerInfo) -> None:
 def stop() -> ServerInfo | None:
     """Stop the local server; its port is kept for the next start."""
     info = read_info()
-    if info is None or not _alive(info.pid):
+    if info is None or not pid_alive(info.pid):
         return None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _alive(info.pid):
+    while time.monotonic() < deadline and pid_alive(info.pid):
         time.sleep(0.1)
-    if _alive(info.pid):
+    if pid_alive(info.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(info.pid, signal.SIGKILL)
     return info

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from ktlo import secrets
 from ktlo.owners import local_owner_alive, owner_id
+from ktlo.processes import pid_alive
 from ktlo.settings import get_settings
 from ktlo.store import audit
 from tasks.dr import store
@@ -130,36 +131,22 @@ def _pids(folder: Path) -> list[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            return False
-    return True
-
-
 def _stop_processes(folder: Path, proof: Proof) -> list[int]:
     stopped = []
     for pid in _pids(folder):
-        if not _alive(pid):
+        if not pid_alive(pid):
             stopped.append(pid)
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
-        if _alive(pid):
+        if pid_alive(pid):
             proof.errors.append(f"process {pid} is still running")
         else:
             stopped.append(pid)
