@@ -67,6 +67,7 @@ class Server:
     stopping: bool = False
     dispatcher: Any = None
     receiver: Any = None
+    extra: dict[str, str] = field(default_factory=dict)  # "flow/deployment" → its entry
 
     async def deploy(self, rb: Runbook) -> UUID:
         from flows.catalog import flow_for
@@ -104,6 +105,64 @@ class Server:
             path = self.paths.get(name)
             if name not in current and (path is None or not path.exists()):
                 await self._undeploy(name)
+        await self._sync_extra()
+
+    async def _sync_extra(self) -> None:
+        """Serve the deployments that are not runbooks (each DR plan's drill), as
+        `ktlo deployments` writes them to prefect.yaml; delete those that went away."""
+        import importlib
+        import json
+
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        from ktlo.orchestration.deployments import extra_deployments
+
+        entries, problems = extra_deployments(get_settings().runbooks_dir)
+        for p in problems:
+            if p not in self.problems:
+                log.error("invalid deployment source, not (re)deployed: %s", p)
+        self.problems += problems
+        wanted: dict[str, dict[str, Any]] = {}
+        for entry in entries:
+            path, attr = entry["entrypoint"].split(":")
+            flow = getattr(
+                importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr
+            )
+            key = f"{flow.name}/{entry['name']}"
+            wanted[key] = entry
+            dump = json.dumps(entry, sort_keys=True, default=str)
+            if self.extra.get(key) == dump:
+                continue
+            schedules = [
+                Schedule(
+                    cron=s.get("cron"),
+                    interval_s=s.get("interval"),
+                    timezone=s.get("timezone", "UTC"),
+                    active=s.get("active", True),
+                )
+                for s in entry.get("schedules", [])
+            ]
+            await self.runner.aadd_flow(
+                flow,
+                name=entry["name"],
+                parameters=entry.get("parameters", {}),
+                schedules=prefect_schedules(schedules),
+                tags=entry.get("tags", []),
+                description=entry.get("description"),
+                paused=False,
+            )
+            log.info("%s %s", "updated" if key in self.extra else "serving", key)
+            self.extra[key] = dump
+        for key in [k for k in self.extra if k not in wanted]:
+            async with get_client() as client:
+                try:
+                    deployment = await client.read_deployment_by_name(key)
+                    await client.delete_deployment(deployment.id)
+                except ObjectNotFound:
+                    pass
+            self.extra.pop(key)
+            log.info("%s went away: its deployment is deleted", key)
 
     async def _undeploy(self, name: str) -> None:
         from prefect.client.orchestration import get_client

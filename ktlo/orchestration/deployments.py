@@ -87,13 +87,22 @@ def render(runbooks: list[Runbook], extra: list[dict[str, Any]] | None = None) -
 
 def generate(directory: Path | None = None) -> tuple[str, list[Problem]]:
     from ktlo.settings import get_settings
-    from ktlo.steps import registry
 
     runbooks, problems = load_all(directory)
+    extra, more = extra_deployments(directory or get_settings().runbooks_dir)
+    return render(runbooks, extra), problems + more
+
+
+def extra_deployments(runbooks_dir: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """The deployments that are not runbooks (a DR plan's drill, say), as prefect.yaml entries;
+    `ktlo deployments` writes them and `ktlo serve` serves them."""
+    from ktlo.steps import registry
+
     registry.load_plugins()  # domains register their deployment sources with their step types
     extra: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     for source in _sources.values():
-        found, more = source(directory or get_settings().runbooks_dir)
+        found, more = source(runbooks_dir)
         extra += found
         problems += more
-    return render(runbooks, extra), problems
+    return extra, problems
