@@ -21,6 +21,7 @@ from tasks.patch import store
 from tasks.patch.gate import run_gate
 from tasks.patch.model import Outcome, Update, plan_hash
 from tasks.patch.providers import ProviderBase
+from tasks.patch.providers.base import PLAN_CHANGED, PLAN_CHANGED_EXIT
 
 if TYPE_CHECKING:
     from tasks.patch.rollout import RolloutInput
@@ -121,28 +122,38 @@ class HostPatch:
         self.report.planned = [u.pin for u in approved]
         if not approved:
             return self._end(Outcome.SKIPPED)  # compliant: nothing approved is pending
-        runner, timeout = self.shared.runner, self.inputs.command_timeout_s
-        now = await scanning.probe(
-            runner, self.host, list(self.inputs.providers), self.inputs.root, timeout
-        )
-        if now.error is not None:
-            return self._end(Outcome.FAILED, now.error)
-        if now.plan_hash != plan_hash(pending):
-            self._audit("patch.refused", self.host.name, None, reason="plan changed since scan")
-            return self._end(
-                Outcome.FAILED,
-                f"refused: the pending updates changed since the scan of {stored.scanned_at:%Y-%m-%d %H:%M} "
-                f"(plan {plan_hash(pending)} -> {now.plan_hash}); scan again and review",
+        guarded = self._guarded(pending, approved)
+        before: dict[str, dict[str, str]] = {}
+        if guarded is None:
+            now = await scanning.probe(
+                self.shared.runner,
+                self.host,
+                list(self.inputs.providers),
+                self.inputs.root,
+                self.inputs.command_timeout_s,
             )
-        before = now.installed
+            if now.error is not None:
+                return self._end(Outcome.FAILED, now.error)
+            if now.plan_hash != plan_hash(pending):
+                return self._refuse(stored, f"plan {plan_hash(pending)} -> {now.plan_hash}")
+            before = now.installed
+        else:  # the host checks the plan itself, in the install's exec: `current` is checked too
+            unreachable = await self.shared.runner.check(self.host)  # the handshake, no exec
+            if unreachable is not None:
+                return self._end(Outcome.FAILED, unreachable)
+            for u in pending:
+                before.setdefault(u.provider, {})[u.name] = u.current or ""
         restore = self.restore = {  # also marks the host as touched
             (u.provider, u.name): before.get(u.provider, {}).get(u.name, "") for u in approved
         }
-        failure = await self._install(approved)
+        failure = await self._install(approved, guarded)
+        if failure == PLAN_CHANGED:
+            self.restore = {}  # nothing was installed
+            return self._refuse(stored, "checked on the host before installing")
         if failure is None and self.inputs.reboot != "never":
             failure = await self._reboot()
         if failure is None:
-            passed, problems = await run_gate(runner, self.host, self.inputs.health)
+            passed, problems = await run_gate(self.shared.runner, self.host, self.inputs.health)
             self.report.health = "passed" if passed else "; ".join(problems)
             failure = None if passed else "health gate failed: " + "; ".join(problems)
         if failure is None:
@@ -150,6 +161,23 @@ class HostPatch:
         else:
             await self._rollback(restore, failure)
         return None
+
+    def _guarded(self, pending: list[Update], approved: list[Update]) -> str | None:
+        """The one-exec check-and-install command, when the host's only provider has one."""
+        if len(self.providers) != 1:
+            return None
+        (provider,) = self.providers.values()
+        return provider.guarded_install_command(pending, approved)
+
+    def _refuse(self, stored: store.PatchScan, how: str) -> None:
+        self._audit(
+            "patch.refused", self.host.name, None, reason=f"plan changed since scan ({how})"
+        )
+        return self._end(
+            Outcome.FAILED,
+            f"refused: the pending updates changed since the scan of {stored.scanned_at:%Y-%m-%d %H:%M} "
+            f"({how}); scan again and review",
+        )
 
     async def after_soak(self) -> None:
         """The batch gate: a patched host is checked again after the soak; failing, rolled back."""
@@ -162,17 +190,24 @@ class HostPatch:
         await self._rollback(self.restore, "health gate failed after soak: " + "; ".join(problems))
         store.save_state(self.host.name, outcome=str(self.report.outcome), state="Failed")
 
-    async def _install(self, approved: list[Update]) -> str | None:
+    async def _install(self, approved: list[Update], guarded: str | None) -> str | None:
+        """None when installed; PLAN_CHANGED when the guarded command refused; else why not."""
         for name, provider in self.providers.items():
             mine = [u for u in approved if u.provider == name]
             if not mine:
                 continue
             done = await self.shared.runner.run(
                 self.host,
-                provider.install_command(mine),
+                guarded or provider.install_command(mine),
                 timeout_s=self.inputs.install_timeout_s,
                 run_as=self.inputs.run_as,
             )
+            if (
+                guarded is not None
+                and done.exit_code == PLAN_CHANGED_EXIT
+                and done.stdout.startswith(PLAN_CHANGED)
+            ):
+                return PLAN_CHANGED
             self._audit("patch.install", self.host.name, done, packages=[u.pin for u in mine])
             if not done.ok:
                 return f"install failed: {done.summary()}"

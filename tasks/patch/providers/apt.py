@@ -17,15 +17,23 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from tasks.patch.model import ProviderScan, Update
-from tasks.patch.providers.base import ProviderBase
+from tasks.patch.providers.base import PLAN_CHANGED, PLAN_CHANGED_EXIT, ProviderBase
 
 MARK = "@@ktlo-apt@@"
 INST = re.compile(r"^Inst (\S+)(?: \[([^\]]*)\])? \((\S+) (.*?)(?: \[[^\]]*\])?\)")
+SIMULATE = "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade"
+# `name current version` per `Inst` line of the simulation (current empty for a new package)
+INST_SED = r"sed -nE 's/^Inst ([^ ]+)( \[([^]]*)\])? \(([^ ]+) .*/\1 \3 \4/p'"
 NONINTERACTIVE = "export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l NEEDRESTART_SUSPEND=1; "
 
 
 def is_security(origin: str) -> bool:
     return any("security" in part.lower() for part in re.split(r",\s*", origin) if part)
+
+
+def plan_line(update: Update) -> str:
+    """How the guarded install's check prints one pending update: `name current version`."""
+    return f"{update.name} {update.current or ''} {update.version}"
 
 
 class AptProvider(ProviderBase):
@@ -43,10 +51,7 @@ class AptProvider(ProviderBase):
 
     def scan_command(self) -> str:
         update = "apt-get update -qq >&2 && " if self.refresh else ""
-        return (
-            f"{self._dpkg_query()} && echo {MARK} && {update}"
-            "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade"
-        )
+        return f"{self._dpkg_query()} && echo {MARK} && {update}{SIMULATE}"
 
     def parse_scan(self, stdout: str) -> ProviderScan:
         head, _, simulated = stdout.partition(MARK)
@@ -88,6 +93,19 @@ class AptProvider(ProviderBase):
 
     def install_command(self, updates: list[Update]) -> str:
         return self._apt("", [u.pin for u in updates])
+
+    def guarded_install_command(self, pending: list[Update], approved: list[Update]) -> str:
+        """Simulate on the host, compare `name current version` of every pending update with
+        the scan's, and install only when they are the same (installed versions included, so
+        the versions recorded for rollback are exactly what the host has)."""
+        expected = "\n".join(sorted(plan_line(u) for u in pending))
+        return (
+            f'sim=$({SIMULATE}) || {{ printf "%s\\n" "$sim" >&2; exit 1; }}; '
+            f'now=$(printf "%s\\n" "$sim" | {INST_SED} | LC_ALL=C sort); '
+            f'if [ "$now" != {shlex.quote(expected)} ]; then '
+            f'echo {PLAN_CHANGED}; printf "%s\\n" "$now"; exit {PLAN_CHANGED_EXIT}; fi; '
+            + self.install_command(approved)
+        )
 
     def rollback_command(self, versions: dict[str, str]) -> str:
         pins = [f"{n}={v}" if v else f"{n}-" for n, v in sorted(versions.items())]

@@ -16,6 +16,8 @@ from ktlo.errors import KtloError
 from ktlo.hosts.inventory import Host
 from tasks.patch.model import ProviderScan, Update
 
+PLAN_CHANGED = "@@ktlo-plan-changed@@"
+PLAN_CHANGED_EXIT = 97
 PLACEHOLDER = re.compile(r"\{(host|vars\.[A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -51,6 +53,15 @@ class ProviderBase(BaseModel, ABC):
     @abstractmethod
     def install_command(self, updates: list[Update]) -> str:
         """Install exactly these versions (non-interactive)."""
+
+    def guarded_install_command(self, pending: list[Update], approved: list[Update]) -> str | None:
+        """Install `approved` only if the host's pending updates are still exactly `pending`.
+
+        One remote exec instead of a rescan and an install: on a changed plan it prints
+        `PLAN_CHANGED`, then what is pending now, and exits 97 without installing. None: this
+        provider cannot check on the host (the rollout rescans first instead).
+        """
+        return None
 
     @abstractmethod
     def rollback_command(self, versions: dict[str, str]) -> str:
