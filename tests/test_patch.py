@@ -257,6 +257,32 @@ def test_pip_and_script_providers(fleet: Fleet, patching: Any) -> None:
     assert fleet.pip_installed("lab-14")["lab-yamlish"] == "1.0"
 
 
+def test_shipped_python_env_runbook(fleet: Fleet, patching: Any, run: Any) -> None:
+    """patch-python-env on the lab's venvs: pip-audit's fix installed, nothing else."""
+    from tests.labs import fleet_pip
+
+    runbook = Path(__file__).resolve().parents[1] / "runbooks" / "patch-python-env.yaml"
+    hosts = "lab-15,lab-16"
+    before = fleet.pip_installed("lab-16")
+    result = run(
+        runbook,
+        hosts=hosts,
+        audit_args=["-s", "osv", "--osv-url", fleet.osv_url],
+        batches=[1],
+        max_failed="0",
+        health=GATE,
+    )
+    assert result.status == "succeeded", {k: s.error for k, s in result.steps.items()}
+    scanned = {h["host"]: h for h in result.steps["scan"].output["hosts"]}
+    assert scanned["lab-15"]["security"] == ["lab-httpkit=1.1"]
+    assert scanned["lab-15"]["approved"] == ["lab-httpkit=1.1"]
+    assert _outcomes_of(result, "rollout") == {"lab-15": "patched", "lab-16": "patched"}
+    for name in ("lab-15", "lab-16"):
+        now = fleet.pip_installed(name)
+        assert now == {**before, "lab-httpkit": "1.1"}  # lab-yamlish: outdated, not security
+    assert before["lab-yamlish"] != fleet_pip.PIP_OUTDATED["lab-yamlish"]
+
+
 def test_baseline_rules() -> None:
     from datetime import UTC, datetime, timedelta
 
