@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from ktlo.orchestration import local_server
 from tests.conftest import Home
 from tests.webhook_helpers import TOKEN, WebhookProcess, free_port
 
@@ -220,18 +220,7 @@ def test_alerts_wait_while_the_prefect_api_is_down(
 
     def start_server() -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-services",
-            ],
+            [*local_server.server_command(port), "--no-services"],
             env=server_env,
             stdout=(tmp_path / "server.log").open("ab"),
             stderr=subprocess.STDOUT,
