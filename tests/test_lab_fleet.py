@@ -13,14 +13,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.labs import conftest_fleet, fleet_apt, fleet_pip
+from tests.labs import fleet_apt, fleet_pip
 from tests.labs.fleet import Fleet, LabUnavailable
 from tests.labs.fleet_host import lab_pids
 from tests.labs.fleet_sys import alive, tagged
 
-# The lab's fixtures, until tests/conftest.py imports them for every test module.
-fleet_lab = conftest_fleet.fleet_lab
-fleet = conftest_fleet.fleet
 INST = re.compile(r"^Inst (\S+) \[(\S+)\] \((\S+) ([^:]+):")
 
 
