@@ -37,10 +37,11 @@ from ktlo.steps import registry
 from ktlo.steps.context import flow_client
 from ktlo.store import audit, runs
 from tasks.dr import report, scratch, store, templates
-from tasks.dr.drill import ServiceResult, approval_wait_s, data_checks, judge, rpo_of
+from tasks.dr.drill import APPROVAL_STEP, ServiceResult, approval_wait_s, data_checks, judge, rpo_of
 from tasks.dr.plan import Plan, Service, find_plan, load_plan
 
 DRILL_FLOW = "dr-drill"
+EXECUTE_FLOW = "dr-execute"
 SERVICE_FLOW = "dr-service"
 
 
@@ -196,18 +197,57 @@ async def drill_flow(plan: str, notes: str = "") -> dict[str, Any]:
     return await run_drill(plan, notes)
 
 
-async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
+@flow(name=EXECUTE_FLOW, validate_parameters=False)
+async def execute_flow(plan: str, notes: str = "") -> dict[str, Any]:
+    """Recover a DR plan for real, into its services' `target:`s, once a human approved it."""
+    return await run_drill(plan, notes, execute=True)
+
+
+async def _approve(plan: Plan, run_id: str) -> tuple[bool, str]:
+    """The approval step a real recovery waits behind (`ktlo approve RUN`, or the UI)."""
+    rb = Runbook.model_validate(
+        {
+            "name": f"dr-execute-{plan.name}",
+            "description": "DR: approve a real recovery",
+            "steps": [
+                {
+                    "id": "approve",
+                    "uses": APPROVAL_STEP,
+                    "with": {
+                        "message": f"Recover DR plan {plan.name} into its REAL targets "
+                        f"({', '.join(s.name for s in plan.services)})",
+                        "timeout_s": plan.approval_timeout_s,
+                    },
+                }
+            ],
+        }
+    )
+    _, outcome = await _run_inline(rb, {}, run_id)
+    if outcome.status == RunStatus.FAILED:
+        return False, f"not approved: {_why(outcome)}"
+    out = outcome.outputs.get("approve") or {}
+    return True, f"approved by {out.get('decided_by')}" + (
+        f": {out['comment']}" if out.get("comment") else ""
+    )
+
+
+async def run_drill(plan_ref: str, notes: str = "", execute: bool = False) -> dict[str, Any]:
+    """A drill (scratch targets, cleaned up) or, with `execute`, the real recovery: the same
+    plan against its services' real targets, behind an approval, with the same report."""
     secrets.install_log_redaction()
     plan = load_plan(find_plan(plan_ref))
     ctx = FlowRunContext.get()
     run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else str(uuid.uuid4())
     log = get_run_logger()
+    real = {s.name: scratch.real_targets(s) for s in plan.services} if execute else {}
     await asyncio.to_thread(_warm_up, plan)
+    kind = "execute" if execute else "drill"
+    approved, approval_note = await _approve(plan, run_id) if execute else (True, "")
     started = datetime.now(UTC)
     actor = getpass.getuser()
     store.start_drill(run_id, plan.name, plan.content_hash)
     audit.record(
-        "dr.drill.start",
+        f"dr.{kind}.start",
         plan.name,
         run_id=run_id,
         actor=actor,
@@ -222,17 +262,22 @@ async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
         runnable: list[Service] = []
         for svc in plan.services:
             missing = [d.source for d in svc.data if (d.provider, d.source) not in points]
-            if missing:
+            if missing or not approved:
+                why = approval_note if not approved else "no verified recovery point of "
                 results[svc.name] = ServiceResult(
                     name=svc.name,
                     wave=wave_of[svc.name],
                     tier=svc.tier,
                     rto_target_s=svc.rto_s,
                     rpo_target_s=svc.rpo_s,
-                    error=f"not started: no verified recovery point of {', '.join(missing)}",
+                    error=f"not started: {why}{', '.join(missing) if approved else ''}",
                 )
                 continue
-            targets[svc.name] = await asyncio.to_thread(scratch.allocate, run_id, svc)
+            targets[svc.name] = (
+                real[svc.name]
+                if execute
+                else await asyncio.to_thread(scratch.allocate, run_id, svc)
+            )
             runnable.append(svc)
         loop = asyncio.get_running_loop()
         _verified[run_id] = {svc.name: loop.create_future() for svc in runnable}
@@ -258,15 +303,17 @@ async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
             results[svc.name] = ServiceResult.model_validate(out)
     finally:
         _verified.pop(run_id, None)
-        for name in targets:
+        for name in [] if execute else targets:  # a real recovery is kept, of course
             proofs[name] = await asyncio.to_thread(scratch.cleanup, run_id, name)
-        leftover = await asyncio.to_thread(scratch.cleanup, run_id)
+        leftover = scratch.Proof() if execute else await asyncio.to_thread(scratch.cleanup, run_id)
     for name, result in results.items():
         proof = proofs.get(name, scratch.Proof())
         result.cleaned_up = proof.ok
         result.cleanup = proof.model_dump()
     ordered = [results[s.name] for wave in plan.waves() for s in wave if s.name in results]
     verdict, verdict_notes = judge(plan, ordered, leftover.errors)
+    if approval_note:
+        verdict_notes.insert(0, approval_note)
     if notes:
         verdict_notes.append(f"operator: {notes}")
     doc = report.document(
@@ -280,16 +327,17 @@ async def run_drill(plan_ref: str, notes: str = "") -> dict[str, Any]:
         started_by=actor,
         flow_run_url=_flow_run_url(run_id),
     )
+    doc["mode"] = kind
     store.finish_drill(run_id, verdict, doc)
     audit.record(
-        "dr.drill.finish",
+        f"dr.{kind}.finish",
         plan.name,
         run_id=run_id,
         actor=actor,
         details={"verdict": verdict, "notes": verdict_notes},
     )
     await _publish(plan, doc)
-    log.info("drill of %s: %s", plan.name, verdict)
+    log.info("%s of %s: %s", kind, plan.name, verdict)
     return doc
 
 

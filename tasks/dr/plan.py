@@ -41,6 +41,16 @@ class ScratchSpec(Closed):
     )
 
 
+class TargetSpec(Closed):
+    """The real targets `ktlo dr execute` recovers into (a drill uses scratch ones); templates
+    see them as `scratch.*`, so one plan serves both."""
+
+    dir: str = Field(min_length=1, description="the service's working directory")
+    port: int = Field(default=0, ge=0, le=65535)
+    postgres: str | None = Field(default=None, description="server DSN of the real database")
+    database: str | None = Field(default=None, description="the real database's name")
+
+
 class RecoverSpec(Closed):
     runbook: str = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -54,6 +64,7 @@ class Service(Closed):
     depends_on: list[str] = Field(default_factory=list)
     data: list[DataSpec] = Field(default_factory=list)
     scratch: ScratchSpec = Field(default_factory=ScratchSpec)
+    target: TargetSpec | None = Field(default=None, description="real targets, for dr execute")
     recover: RecoverSpec
     verify: list[dict[str, Any]] = Field(
         default_factory=list, description="health check definitions, as in health.sweep"
@@ -67,6 +78,9 @@ class Plan(Closed):
         default=None, description="drill schedule: {cron, timezone} or {interval_s}"
     )
     notify: list[str] = Field(default_factory=list, description="readiness changes go here")
+    approval_timeout_s: float = Field(
+        default=3600, gt=0, description="how long `dr execute` waits for its approval"
+    )
     services: list[Service] = Field(min_length=1)
     _source: Source | None = PrivateAttr(default=None)
     _hash: str = PrivateAttr(default="")

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ktlo import secrets
+from ktlo.errors import KtloError
 from ktlo.owners import local_owner_alive, owner_id
 from ktlo.processes import pid_alive
 from ktlo.settings import get_settings
@@ -89,6 +90,19 @@ def allocate(run_id: str, svc: Service) -> Targets:
         )
         targets.database, targets.postgres_dsn = name, svc.scratch.postgres
         targets.database_dsn = _with_database(svc.scratch.postgres, name)
+    return targets
+
+
+def real_targets(svc: Service) -> Targets:
+    """The service's real targets (`ktlo dr execute`): nothing is journalled or cleaned."""
+    spec = svc.target
+    if spec is None:
+        raise KtloError(f"service '{svc.name}' has no target: (dr execute needs one)")
+    targets = Targets(dir=spec.dir, port=spec.port, database=spec.database)
+    if spec.postgres:
+        targets.postgres_dsn = spec.postgres
+        if spec.database:
+            targets.database_dsn = _with_database(spec.postgres, spec.database)
     return targets
 
 

@@ -46,17 +46,37 @@ def drill_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the drill's JSON report"),
 ) -> None:
     """Drill a plan: recover it into scratch targets, verify, measure, clean up (exit 0 passed)."""
+    _run(plan, notes, as_json, execute=False)
+
+
+@dr_app.command("execute")
+def execute_cmd(
+    plan: str = typer.Argument(..., help="plan name or file"),
+    notes: str = typer.Option("", "--notes", help="operator notes for the report"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report"),
+) -> None:
+    """Recover a plan for real, into its services' `target:`s, after an approval
+    (`ktlo approve RUN` or the Prefect UI); the same report as a drill (exit 0 passed)."""
+    _run(plan, notes, as_json, execute=True)
+
+
+def _run(plan: str, notes: str, as_json: bool, *, execute: bool) -> None:
     from ktlo.orchestration.local_server import ensure_api
     from tasks.dr.plan import find_plan, load_plan
+    from tasks.dr.scratch import real_targets
 
-    load_plan(find_plan(plan))  # a bad plan fails here, before any server is started
+    loaded = load_plan(find_plan(plan))  # a bad plan fails here, before any server is started
+    if execute:
+        for svc in loaded.services:
+            real_targets(svc)
     ensure_api(quiet=as_json)
-    from flows.dr import drill_flow
+    from flows.dr import drill_flow, execute_flow
 
-    call: Any = drill_flow(plan=plan, notes=notes, return_state=True)
+    call: Any = (execute_flow if execute else drill_flow)(plan=plan, notes=notes, return_state=True)
     state = asyncio.run(call)
     if not state.is_completed():
-        fail(f"drill of {plan} did not finish: {state.message or state.name}")
+        what = "recovery" if execute else "drill"
+        fail(f"{what} of {plan} did not finish: {state.message or state.name}")
     doc: dict[str, Any] = state.result()
     if as_json:
         print_json(doc)
