@@ -66,6 +66,7 @@ class HostPatch:
         self.shared = shared
         self.report = report
         self.restore: dict[tuple[str, str], str] = {}
+        self.after: scanning.HostScan | None = None  # the scan run in the install's exec
         self.events: list[tuple[str, CommandResult, dict[str, Any]]] = []
         self.providers: dict[str, ProviderBase] = {
             p.name_of(): p.for_host(host) for p in inputs.providers
@@ -196,12 +197,17 @@ class HostPatch:
             mine = [u for u in approved if u.provider == name]
             if not mine:
                 continue
+            root = scanning.host_root(self.host, self.inputs.root)
             done = await self.shared.runner.run(
                 self.host,
-                guarded or provider.install_command(mine),
+                scanning.then_scan(guarded, provider, root)
+                if guarded
+                else provider.install_command(mine),
                 timeout_s=self.inputs.install_timeout_s,
                 run_as=self.inputs.run_as,
             )
+            if guarded:
+                done, self.after = scanning.split_scan(done, provider)
             if (
                 guarded is not None
                 and done.exit_code == PLAN_CHANGED_EXIT
@@ -217,11 +223,16 @@ class HostPatch:
     async def _reboot(self) -> str | None:
         runner, host = self.shared.runner, self.host
         if self.inputs.reboot == "if_needed":
-            facts = await runner.run(
-                host, scanning.facts_command(scanning.host_root(host, self.inputs.root))
-            )
-            if facts.ok and not scanning.parse_facts(facts.stdout)[0]:
+            if self.after is not None:  # the install's exec read the facts already
+                needed = self.after.reboot_required
+            else:
+                facts = await runner.run(
+                    host, scanning.facts_command(scanning.host_root(host, self.inputs.root))
+                )
+                needed = not facts.ok or scanning.parse_facts(facts.stdout)[0]
+            if not needed:
                 return None
+        self.after = None  # a reboot changes the facts: rescan after it
         async with self.shared.reboots:
             boot = await runner.run(host, self.inputs.boot_id_command, timeout_s=30)
             if not boot.ok:
@@ -245,6 +256,7 @@ class HostPatch:
             return f"no new boot id within {self.inputs.reboot_timeout_s:g}s after reboot"
 
     async def _rollback(self, restore: dict[tuple[str, str], str], failure: str) -> None:
+        self.after = None  # the versions change again: rescan after it
         if not self.inputs.rollback:
             return self._end(Outcome.FAILED, failure)
         runner = self.shared.runner
@@ -286,9 +298,11 @@ class HostPatch:
         """Record what the host has now, so its state and later drift start from here.
 
         The rollout runs it for every touched host after the last batch, all at once: a
-        batch does not wait for its hosts' rescans.
+        batch does not wait for its hosts' rescans. A host patched by a guarded install was
+        scanned in the install's own exec (nothing changed since: no reboot, no rollback),
+        so only its result is stored.
         """
-        fresh = await scanning.probe(
+        fresh = self.after or await scanning.probe(
             self.shared.runner,
             self.host,
             list(self.inputs.providers),
