@@ -91,6 +91,13 @@ async def probe(
 ) -> HostScan:
     """Run the scan commands on one host (no store access): nothing on the host changes."""
     configured = [p.for_host(host) for p in providers]
+    if len(configured) == 1:  # the usual case: scan and facts in one exec (one sshd session)
+        root_dir = host_root(host, root)
+        done = await runner.run(host, scan_and_facts(configured[0], root_dir), timeout_s=timeout_s)
+        if done.error is not None:
+            return HostScan(host=host.name, error=done.error)
+        scan = _parse_combined(done, done.stdout, configured[0])
+        return scan or HostScan(host=host.name, error=f"unreadable scan: {done.summary()}")
     jobs = [runner.run(host, p.scan_command(), timeout_s=timeout_s) for p in configured]
     jobs.append(runner.run(host, facts_command(host_root(host, root)), timeout_s=timeout_s))
     results: list[CommandResult] = list(await asyncio.gather(*jobs))
@@ -127,15 +134,32 @@ def parse_probe(
     return out
 
 
+def scan_and_facts(provider: ProviderBase, root: str) -> str:
+    """The provider's scan, its exit status after `AFTER`, then the facts: one exec."""
+    return f'( {provider.scan_command()}\n); echo "{AFTER} $?"; {facts_command(root)}'
+
+
 def then_scan(command: str, provider: ProviderBase, root: str) -> str:
     """`command`, and when it succeeds, the provider's scan and the facts in the same exec.
 
     Saves the rescan's round trip after an install; `split_scan` takes the output apart.
     """
     return (
-        f"{command}\nrc=$?; if [ $rc -eq 0 ]; then echo {AFTER}; ( {provider.scan_command()}\n); "
-        f'echo "{AFTER} $?"; {facts_command(root)}; fi; exit $rc'
+        f"{command}\nrc=$?; if [ $rc -eq 0 ]; then echo {AFTER}; "
+        f"{scan_and_facts(provider, root)}; fi; exit $rc"
     )
+
+
+def _parse_combined(done: CommandResult, text: str, provider: ProviderBase) -> HostScan | None:
+    scanned, mark, rest = text.partition(AFTER + " ")
+    code, _, facts = rest.partition("\n")
+    if not mark or not code.strip().isdigit():
+        return None
+    results = [
+        CommandResult(done.host, int(code), scanned, done.stderr, 0.0),
+        CommandResult(done.host, 0, facts, "", 0.0),
+    ]
+    return parse_probe(done.host, [provider], results)
 
 
 def split_scan(
@@ -146,16 +170,8 @@ def split_scan(
     own = dataclasses.replace(done, stdout=head)
     if not mark or not done.ok:
         return own, None
-    scanned, mark, rest = tail.partition(AFTER + " ")
-    code, _, facts = rest.partition("\n")
-    if not mark or not code.strip().isdigit():
-        return own, None
-    results = [
-        CommandResult(done.host, int(code), scanned, "", 0.0),
-        CommandResult(done.host, 0, facts, "", 0.0),
-    ]
-    scan = parse_probe(done.host, [provider], results)
-    return own, (scan if scan.error is None else None)
+    scan = _parse_combined(done, tail, provider)
+    return own, (scan if scan is not None and scan.error is None else None)
 
 
 def record(
