@@ -165,7 +165,10 @@ def test_budget_exhaustion_stops_new_hosts(fleet: Fleet, patching: Any) -> None:
     patching("patch.scan")
     for name in ("lab-02", "lab-03", "lab-04"):
         fleet.set_health(name, False)
-    result = patching("patch.rollout", batches=[1, 5, "50%"], max_failed=2, health=GATE)
+    # reboot: never -> the gate runs in the install's own exec (its failure still rolls back)
+    result = patching(
+        "patch.rollout", batches=[1, 5, "50%"], max_failed=2, health=GATE, reboot="never"
+    )
     assert result.status == "failed"
     assert "failure budget spent" in (result.steps["patch"].error or "")
     untouched = [n for n in fleet.hosts if fleet.installed(n) == fleet_apt.INSTALLED]
@@ -173,6 +176,9 @@ def test_budget_exhaustion_stops_new_hosts(fleet: Fleet, patching: Any) -> None:
     # canary + batch 2 (5 hosts) were touched; 3 rolled back, none of batches 3-4 started
     assert changed == ["lab-01", "lab-05", "lab-06"]
     assert len(untouched) == 17
+    error = result.steps["patch"].error or ""
+    for name in ("lab-02", "lab-03", "lab-04"):
+        assert f"{name} rolled_back: health gate failed: health check 'lab-health': exit 1" in error
 
 
 def test_sshd_killed_mid_rollout_counts_as_failed(fleet: Fleet, patching: Any) -> None:

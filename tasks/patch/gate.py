@@ -15,8 +15,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ktlo import secrets
 from ktlo.hosts.inventory import Host
-from ktlo.hosts.runner import CommandResult, HostRunner
+from ktlo.hosts.runner import TIMED_OUT, CommandResult, HostRunner, command_line
+
+START = "@@ktlo-gate@@"
+RESULT = "@@ktlo-gate-rc@@"
 
 
 class GateCheck(BaseModel):
@@ -61,3 +65,33 @@ async def run_gate(
         if done.error is not None or done.exit_code not in check.expect_exit:
             problems.append(f"health check {check.label!r}: {done.summary()}")
     return not problems, problems
+
+
+def gate_script(checks: list[GateCheck]) -> str:
+    """The gate as a tail for an install's exec: each check under its own env and timeout,
+    its exit status and last output line after `RESULT` (read by `parse_gate`)."""
+    parts = [f"echo {START}"]
+    last = "$(printf '%s\\n' \"$out\" | tail -n 1 | cut -c1-200)"
+    for check in checks:
+        line = command_line(check.line, check.env, timeout_s=check.timeout_s)
+        parts.append(f'out=$( {{ {line}\n}} 2>&1 ); grc=$?; echo "{RESULT} $grc {last}"')
+    return "; ".join(parts)
+
+
+def parse_gate(text: str, checks: list[GateCheck]) -> tuple[bool, list[str]] | None:
+    """`run_gate`'s answer from `gate_script`'s output; None when it is not all there."""
+    rows = [line.split(" ", 2) for line in text.splitlines() if line.startswith(RESULT + " ")]
+    if len(rows) != len(checks) or not all(r[1].isdigit() for r in rows):
+        return None
+    problems = [
+        secrets.redact(f"health check {check.label!r}: {_why(check, int(row[1]), row[2:])}")
+        for check, row in zip(checks, rows, strict=True)
+        if int(row[1]) not in check.expect_exit
+    ]
+    return not problems, problems
+
+
+def _why(check: GateCheck, code: int, last: list[str]) -> str:
+    if code in TIMED_OUT:
+        return f"timed out after {check.timeout_s:g}s (killed)"
+    return f"exit {code}" + (f": {last[0]}" if last and last[0] else "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,8 @@ from ktlo.hosts.runner import CommandResult, HostRunner
 from ktlo.store.models import utcnow
 from tasks.patch import scan as scanning
 from tasks.patch import store
-from tasks.patch.gate import run_gate
+from tasks.patch.gate import START as GATE_START
+from tasks.patch.gate import gate_script, parse_gate, run_gate
 from tasks.patch.model import Outcome, Update, plan_hash
 from tasks.patch.providers import ProviderBase
 from tasks.patch.providers.base import PLAN_CHANGED, PLAN_CHANGED_EXIT
@@ -67,6 +68,7 @@ class HostPatch:
         self.report = report
         self.restore: dict[tuple[str, str], str] = {}
         self.after: scanning.HostScan | None = None  # the scan run in the install's exec
+        self.gated: tuple[bool, list[str]] | None = None  # the gate run in the install's exec
         self.events: list[tuple[str, CommandResult, dict[str, Any]]] = []
         self.providers: dict[str, ProviderBase] = {
             p.name_of(): p.for_host(host) for p in inputs.providers
@@ -154,7 +156,9 @@ class HostPatch:
         if failure is None and self.inputs.reboot != "never":
             failure = await self._reboot()
         if failure is None:
-            passed, problems = await run_gate(self.shared.runner, self.host, self.inputs.health)
+            passed, problems = self.gated or await run_gate(
+                self.shared.runner, self.host, self.inputs.health
+            )
             self.report.health = "passed" if passed else "; ".join(problems)
             failure = None if passed else "health gate failed: " + "; ".join(problems)
         if failure is None:
@@ -198,16 +202,22 @@ class HostPatch:
             if not mine:
                 continue
             root = scanning.host_root(self.host, self.inputs.root)
+            # the gate too, when nothing comes between install and gate and it runs as we do
+            fold = self.inputs.reboot == "never" and self.inputs.run_as is None
+            gate = gate_script(self.inputs.health) if fold and self.inputs.health else "true"
             done = await self.shared.runner.run(
                 self.host,
-                scanning.then_scan(guarded, provider, root)
+                scanning.then_scan(guarded, provider, root, gate)
                 if guarded
                 else provider.install_command(mine),
                 timeout_s=self.inputs.install_timeout_s,
                 run_as=self.inputs.run_as,
             )
             if guarded:
-                done, self.after = scanning.split_scan(done, provider)
+                head, _, gated = done.stdout.partition(GATE_START + "\n")
+                if gated and done.ok:
+                    self.gated = parse_gate(gated, self.inputs.health)
+                done, self.after = scanning.split_scan(replace(done, stdout=head), provider)
             if (
                 guarded is not None
                 and done.exit_code == PLAN_CHANGED_EXIT

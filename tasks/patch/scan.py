@@ -139,14 +139,14 @@ def scan_and_facts(provider: ProviderBase, root: str) -> str:
     return f'( {provider.scan_command()}\n); echo "{AFTER} $?"; {facts_command(root)}'
 
 
-def then_scan(command: str, provider: ProviderBase, root: str) -> str:
+def then_scan(command: str, provider: ProviderBase, root: str, after: str = "true") -> str:
     """`command`, and when it succeeds, the provider's scan and the facts in the same exec.
 
     Saves the rescan's round trip after an install; `split_scan` takes the output apart.
     """
     return (
         f"{command}\nrc=$?; if [ $rc -eq 0 ]; then echo {AFTER}; "
-        f"{scan_and_facts(provider, root)}; fi; exit $rc"
+        f"{scan_and_facts(provider, root)}; {after}; fi; exit $rc"
     )
 
 
