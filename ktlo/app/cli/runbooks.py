@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -251,6 +252,9 @@ def execute(rb: Any, values: dict[str, Any], *, quiet: bool = False) -> dict[str
         call = flow_for(rb)(**values, return_state=True)
     else:
         call = runbook_flow(runbook=str(rb.path.resolve()), **values, return_state=True)
+    # Prefect's log shipper writes every batch it cannot send to stderr while
+    # logging.raiseExceptions is set; a lost server is the watchdog's one line instead.
+    logging.raiseExceptions = False
     with Watchdog(api_url, _stop_run(api_url)):
         state = asyncio.run(call)
     flow_run_id = str(state.state_details.flow_run_id)
