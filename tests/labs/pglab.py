@@ -104,7 +104,7 @@ class PgLab:
 
         wait_until(ready, timeout, f"{name} accepting connections")
 
-    def start(self, *names: str, timeout: float = 30) -> float:
+    def start(self, *names: str, timeout: float = 90) -> float:
         """Start nodes (in parallel) and wait until they accept connections; seconds taken."""
         t0 = time.monotonic()
         todo = [n for n in names if self.postmaster_pid(n) is None]
@@ -131,7 +131,7 @@ class PgLab:
             node.proc.wait()
         return t
 
-    def stop(self, name: str, mode: str = "fast", timeout: float = 30) -> None:
+    def stop(self, name: str, mode: str = "fast", timeout: float = 90) -> None:
         """Stop a node like `pg_ctl stop -m fast|immediate|smart`, and wait until it is gone."""
         sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT, "smart": signal.SIGTERM}[mode]
         pid = self.postmaster_pid(name)
@@ -163,7 +163,7 @@ class PgLab:
         for name in names:
             self.configure(name, synchronous_standby_names=sync_names(mode, name, names))
 
-    def promote(self, name: str, timeout: float = 30) -> float:
+    def promote(self, name: str, timeout: float = 90) -> float:
         """Promote a replica by hand (`pg_promote(false)`), reloading its configuration while
         it waits; returns the seconds until it left recovery.
 
@@ -233,7 +233,7 @@ class PgLab:
         keys = ("application_name", "state", "sync_state", "replay_lsn")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
-    def wait_streaming(self, primary: str, count: int, timeout: float = 30) -> None:
+    def wait_streaming(self, primary: str, count: int, timeout: float = 90) -> None:
         wait_until(
             lambda: sum(r["state"] == "streaming" for r in self.replication(primary)) >= count,
             timeout,

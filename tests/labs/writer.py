@@ -82,7 +82,7 @@ class Writer:
         acknowledged by the dying primary a few ms later)."""
         return next((a for a in self.acks() if a.mono > t and port in (None, a.port)), None)
 
-    def wait_ack_after(self, t: float, port: int | None = None, timeout: float = 30) -> Ack:
+    def wait_ack_after(self, t: float, port: int | None = None, timeout: float = 90) -> Ack:
         ack: Ack = wait_until(
             lambda: self.first_ack_after(t, port),
             timeout,
