@@ -9,6 +9,7 @@ import pytest
 from sqlmodel import col, select
 
 from ktlo.incidents import intake
+from ktlo.incidents.index import RunbookIndex
 from ktlo.incidents.sources import GenericPayload, Incident, normalise
 from ktlo.runbook.model import Runbook
 from ktlo.store import audit
@@ -149,7 +150,7 @@ def test_the_runbook_index_sees_changes_within_its_recheck_interval(home: Home) 
         steps: [{{id: note, uses: log, with: {{message: hi}}}}]
         """
     home.runbook("first", trigger.format(name="first"))
-    index = intake.RunbookIndex(home.runbooks, recheck_s=0.3)
+    index = RunbookIndex(home.runbooks, recheck_s=0.3)
     assert [rb.name for rb in index.runbooks()] == ["first"]
     home.runbook("second", trigger.format(name="second"))
     # within the interval the directory is not listed again (that was the cost per alert)

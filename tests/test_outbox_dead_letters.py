@@ -24,8 +24,8 @@ LABELS = 2000  # Prefect takes at most 500 labels per resource
 
 def _drain() -> None:
     """Run the real dispatcher until nothing is pending (or a minute has passed)."""
-    from ktlo.incidents.outbox import Dispatcher, count_outbox
-    from ktlo.incidents.store import OutboxStatus
+    from ktlo.incidents.outbox import Dispatcher
+    from ktlo.incidents.store import OutboxStatus, count_outbox
 
     async def work() -> None:
         dispatcher = Dispatcher()

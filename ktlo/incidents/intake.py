@@ -13,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select, update
@@ -45,7 +43,6 @@ _INCIDENTS: Table = IncidentRecord.__table__  # type: ignore[attr-defined]
 _OUTBOX: Table = OutboxItem.__table__  # type: ignore[attr-defined]
 _INSERT_INCIDENT = insert(_INCIDENTS)
 MAX_BATCH = 64
-RECHECK_S = 1.0  # how soon a changed runbook counts for new alerts
 
 
 @dataclass
@@ -54,39 +51,6 @@ class Ack:
     id: str | None
     outcome: AckOutcome
     runbooks: list[str] = field(default_factory=list)
-
-
-class RunbookIndex:
-    """Runbooks with triggers, reloaded when a file in the runbooks directory changes.
-
-    The directory is looked at again at most every `recheck_s`: listing and stat-ing it for
-    every alert was a seventh of the receiver's CPU under a burst.
-    """
-
-    def __init__(self, directory: Path | None = None, recheck_s: float = RECHECK_S):
-        self.directory = directory
-        self.recheck_s = recheck_s
-        self._stamp: dict[str, float] | None = None
-        self._checked = 0.0
-        self._runbooks: list[Runbook] = []
-
-    def runbooks(self) -> list[Runbook]:
-        from ktlo.runbook.loader import load_all
-
-        if self._stamp is not None and time.monotonic() - self._checked < self.recheck_s:
-            return self._runbooks
-        from ktlo.runbook.loader import fingerprint
-
-        stamp = fingerprint(self.directory)
-        if stamp != self._stamp:
-            runbooks, _problems = load_all(self.directory)
-            self._runbooks = [rb for rb in runbooks if rb.triggers]
-            self._stamp = stamp
-        self._checked = time.monotonic()
-        return self._runbooks
-
-    def get(self, name: str) -> Runbook | None:
-        return next((rb for rb in self.runbooks() if rb.name == name), None)
 
 
 def incident_params(incident_id: str, incident: Incident) -> dict[str, Any]:

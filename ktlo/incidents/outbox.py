@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, or_, select, update
+from sqlalchemy import Table, or_, select, update
 
 from ktlo import notify
 from ktlo.errors import KtloError
@@ -34,8 +34,8 @@ from ktlo.incidents.delivery import (
     retry_delay,
     worth_logging,
 )
-from ktlo.incidents.intake import RunbookIndex
-from ktlo.incidents.store import OutboxItem, OutboxStatus, WorkKind
+from ktlo.incidents.index import RunbookIndex
+from ktlo.incidents.store import OutboxItem, OutboxStatus, WorkKind, count_outbox
 from ktlo.orchestration.launch import NotDeployed, astart_runbook, deployment_id
 from ktlo.store import audit
 from ktlo.store.db import engine
@@ -387,20 +387,3 @@ class Dispatcher:
 
     def pending(self) -> int:
         return count_outbox(OutboxStatus.PENDING)
-
-
-def count_outbox(status: OutboxStatus) -> int:
-    with engine().connect() as conn:
-        count = conn.execute(
-            select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == status)
-        ).scalar()
-    return int(count or 0)
-
-
-def store_ok() -> bool:
-    try:
-        with engine().connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
-        return True
-    except Exception:
-        return False

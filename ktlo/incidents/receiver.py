@@ -19,11 +19,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ktlo import __version__
 from ktlo.incidents.guard import DEFAULT_LIMIT, LIMITS, PAYLOAD_KEY, Guard, Signature, limit_text
-from ktlo.incidents.intake import Ack, Intake, RunbookIndex
-from ktlo.incidents.outbox import Dispatcher, count_outbox, store_ok
+from ktlo.incidents.index import RunbookIndex
+from ktlo.incidents.intake import Ack, Intake
+from ktlo.incidents.outbox import Dispatcher
 from ktlo.incidents.server import make_server
 from ktlo.incidents.sources import PAYLOADS, AlertmanagerPayload, GrafanaPayload, normalise
-from ktlo.incidents.store import OutboxStatus
+from ktlo.incidents.store import OutboxStatus, count_outbox, store_ok
 
 __all__ = ["create_app", "make_server"]
 log = logging.getLogger("ktlo.incidents.receiver")

@@ -12,10 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, Table, Text, UniqueConstraint, func, select, text
 from sqlmodel import Field, SQLModel
 
-from ktlo.store.db import MIGRATIONS, add_column
+from ktlo.store.db import MIGRATIONS, add_column, engine
 from ktlo.store.models import utcnow
 
 
@@ -106,3 +106,23 @@ class OutboxItem(SQLModel, table=True):
 
 
 MIGRATIONS.append((3, "ktlo_incident.starts_at", add_column("ktlo_incident", "starts_at")))
+
+
+_OUTBOX: Table = OutboxItem.__table__  # type: ignore[attr-defined]
+
+
+def count_outbox(status: OutboxStatus) -> int:
+    with engine().connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.status == status)
+        ).scalar()
+    return int(count or 0)
+
+
+def store_ok() -> bool:
+    try:
+        with engine().connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+    except Exception:
+        return False
