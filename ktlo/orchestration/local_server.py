@@ -3,8 +3,10 @@
 Prefect's ephemeral mode starts a server inside each process (9-20 s on a small machine);
 a long-running local server makes `ktlo run` take about a second instead. Unless
 `PREFECT_API_URL` points elsewhere, ktlo starts `prefect server start` on 127.0.0.1 with its
-database under `KTLO_HOME/prefect`, records where it listens, and leaves it running;
-`ktlo server stop` stops it. Nothing here imports Prefect, so it stays cheap.
+database under `KTLO_HOME/prefect` (through `orchestration.prefect_server`, which makes its
+SQLite write transactions wait for the lock instead of failing), records where it listens,
+and leaves it running; `ktlo server stop` stops it. Nothing here imports Prefect, so it stays
+cheap.
 """
 
 from __future__ import annotations
@@ -119,8 +121,7 @@ def server_command(port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "prefect",
-        "server",
+        "ktlo.orchestration.prefect_server",
         "start",
         "--host",
         "127.0.0.1",
