@@ -15,6 +15,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, field_validator
 
+from ktlo import tls
 from ktlo.errors import StepFailed
 from ktlo.runbook.rendering import host_allowed
 from ktlo.steps.registry import StepInput, StepOutput, step_task
@@ -103,7 +104,7 @@ async def http_request(inputs: HttpInput) -> HttpOutput:
 
     try:
         async with httpx.AsyncClient(
-            verify=inputs.verify_tls,
+            verify=tls.client_context(inputs.verify_tls),
             follow_redirects=inputs.follow_redirects,
             timeout=inputs.timeout_s,
             event_hooks={"request": [only_allowed]},

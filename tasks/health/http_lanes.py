@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ssl
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 
 import httpx
+
+from ktlo import tls
 
 _lent: ContextVar[httpx.AsyncClient | None] = ContextVar("ktlo_http_lane", default=None)
 
@@ -57,19 +58,10 @@ class HttpLanes:
     def __init__(self, per_origin: int):
         self.per_origin = per_origin
         self._lanes: dict[tuple[str, bool], _Lanes] = {}
-        self._ssl: dict[bool, ssl.SSLContext] = {}
-
-    def _context(self, verify: bool) -> ssl.SSLContext:
-        if verify not in self._ssl:
-            ctx = ssl.create_default_context()
-            if not verify:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            self._ssl[verify] = ctx
-        return self._ssl[verify]
 
     def _client(self, verify: bool) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            verify=self._context(verify),
+            verify=tls.client_context(verify),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             headers={"user-agent": "ktlo-health/1"},
         )
