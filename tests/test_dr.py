@@ -10,6 +10,8 @@ import subprocess
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 from tests.dr_helpers import Example, database_exists, drill, example  # noqa: F401
 from tests.helpers import KTLO, REPO, cli, start_receiver
@@ -69,6 +71,7 @@ def test_example_drill_recovers_in_order_measures_and_cleans_up(
         assert s["rto_achieved_s"] <= s["rto_target_s"]
         assert s["recover_run_id"]
         assert s["service_run_id"]
+    _assert_child_runs(doc)
     assert by["app"]["cleanup"]["processes_stopped"], "the app's process was stopped"
     assert by["db"]["cleanup"]["databases_dropped"]
     _assert_scratch_gone(doc)
@@ -126,6 +129,19 @@ def _check_html_in_chromium(html: Path, doc: dict, tmp_path: Path) -> None:
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def _assert_child_runs(doc: dict[str, Any]) -> None:
+    """Each service is a child run of the drill in Prefect, named after plan and service."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for s in doc["services"]:
+            run = client.read_flow_run(UUID(s["service_run_id"]))
+            assert run.name == f"{doc['plan']}-{s['name']}"
+            assert run.parent_task_run_id is not None
+            parent = client.read_task_run(run.parent_task_run_id)
+            assert str(parent.flow_run_id) == doc["run_id"]
 
 
 def test_failing_verify_fails_the_drill_cleans_up_and_says_why(example: Example) -> None:  # noqa: F811
