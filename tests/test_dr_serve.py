@@ -4,7 +4,6 @@ runbooks, against a real Prefect server: it runs from the API and goes away with
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 from tests.conftest import Home
@@ -73,10 +72,10 @@ def test_serve_serves_each_plans_drill_and_deletes_it_with_the_plan(
         assert drill.run_id == str(run.id)
         assert drill.verdict == "passed", drill.report.get("notes")
 
-        (plans / "tiny.yaml").unlink()
-        time.sleep(1.1)  # a new mtime for the watcher
-        (home.runbooks / "tiny-recover.yaml").write_text(RECOVER + "# touched\n")
+        (plans / "tiny.yaml").unlink()  # the plans directory is watched like the runbooks
         wait_until(lambda: _deployment() is None, 60, "the drill deployment to be deleted")
+        (plans / "tiny.yaml").write_text(PLAN)  # and a plan added while serving is served
+        wait_until(_deployment, 60, "the drill deployment to come back")
     finally:
         if served.stop(signal.SIGTERM) != 0:
             served.stop(signal.SIGKILL)

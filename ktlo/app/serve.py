@@ -3,8 +3,8 @@
 - Every valid runbook becomes a deployment `runbook/<name>` with its schedules, tags,
   concurrency limit and typed parameter form, served by a Prefect `Runner`.
 - Runs start in their own process, forked from a warm fork server (`ktlo.orchestration.forkserver`).
-- The runbooks directory is watched: added or changed runbooks are (re)deployed, removed
-  ones have their deployment deleted, a runbook that became invalid is reported and keeps
+- The runbooks directory (and the files of other deployment sources: DR plans) is watched:
+  added or changed runbooks are (re)deployed, removed ones have their deployment deleted, a runbook that became invalid is reported and keeps
   its last good deployment.
 - SIGTERM/SIGINT: stop taking new runs, let runs in flight finish for a grace period, then
   cancel what is left (recorded as cancelled, never silently dropped).
@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from ktlo.errors import KtloError, Problem
+from ktlo.orchestration.deployments import source_fingerprint
 from ktlo.runbook.loader import fingerprint
 from ktlo.runbook.model import Runbook, Schedule
 from ktlo.settings import get_settings
@@ -55,6 +56,11 @@ def prefect_schedules(schedules: list[Schedule]) -> list[Any]:
             interval = timedelta(seconds=s.interval_s or 60)
             out.append(Interval(interval, timezone=s.timezone, active=s.active))
     return out
+
+
+def _watched(runbooks_dir: Path) -> dict[str, float]:
+    """What a change of redeploys: the runbooks, and the files of other deployment sources."""
+    return fingerprint(runbooks_dir) | source_fingerprint(runbooks_dir)
 
 
 @dataclass
@@ -181,7 +187,7 @@ class Server:
         log.info("runbook %s was removed: its deployment is deleted", name)
 
     async def watch(self, seen: dict[str, float]) -> None:
-        """Redeploy whenever the runbooks directory changes.
+        """Redeploy whenever the runbooks directory (or a DR plan) changes.
 
         `seen` is taken before the first sync, so a file written while serving starts up
         is never missed.
@@ -189,7 +195,7 @@ class Server:
         directory = get_settings().runbooks_dir
         while not self.stopping:
             await asyncio.sleep(self.options.watch_s)
-            now = fingerprint(directory)
+            now = _watched(directory)
             if now != seen:
                 seen = now
                 try:
@@ -293,7 +299,7 @@ class Server:
             await asyncio.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.shutdown()))
-        seen = fingerprint(get_settings().runbooks_dir)
+        seen = _watched(get_settings().runbooks_dir)
         await self.sync()
         helpers = [
             asyncio.create_task(self.watch(seen)),

@@ -8,6 +8,7 @@ runbook's own flow in `flows/catalog.py`, whose signature gives the typed run fo
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,13 +29,34 @@ WORK_POOL = "ktlo"
 
 # Given the runbooks directory: more deployments (prefect.yaml entries) and their problems.
 DeploymentSource = Callable[[Path], tuple[list[dict[str, Any]], list[Problem]]]
+# Given the runbooks directory: the files a source reads (`ktlo serve` watches them).
+SourceFiles = Callable[[Path], list[Path]]
 _sources: dict[str, DeploymentSource] = {}
+_files: dict[str, SourceFiles] = {}
 
 
-def register_source(name: str, source: DeploymentSource) -> DeploymentSource:
+def register_source(
+    name: str, source: DeploymentSource, files: SourceFiles | None = None
+) -> DeploymentSource:
     """Add deployments that are not runbooks (called when a domain's step types load)."""
     _sources[name] = source
+    if files is not None:
+        _files[name] = files
     return source
+
+
+def source_fingerprint(runbooks_dir: Path) -> dict[str, float]:
+    """Each file the registered sources read, with its modification time: it differs once
+    one is added, changed or removed (a DR plan, say)."""
+    from ktlo.steps import registry
+
+    registry.load_plugins()  # the sources register with their domain's step types
+    found: dict[str, float] = {}
+    for files in _files.values():
+        for path in files(runbooks_dir):
+            with contextlib.suppress(OSError):  # removed while listed: missing is the change
+                found[str(path)] = path.stat().st_mtime
+    return found
 
 
 def attribute_name(runbook_name: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from ktlo.errors import Problem
 from ktlo.orchestration.deployments import WORK_POOL, schedule_entry
 from ktlo.settings import get_settings
-from tasks.dr.plan import Plan, load_plans
+from tasks.dr.plan import Plan, load_plans, plan_files
 
 DRILL_ENTRYPOINT = "flows/dr.py:drill_flow"
 
@@ -35,3 +35,8 @@ def deployment(plan: Plan) -> dict[str, Any]:
 def plan_deployments(runbooks: Path) -> tuple[list[dict[str, Any]], list[Problem]]:
     plans, problems = load_plans(plans_dir_beside(runbooks))
     return [deployment(p) for p in plans], problems
+
+
+def plan_source_files(runbooks: Path) -> list[Path]:
+    """The plan files the drill deployments come from (`ktlo serve` watches them)."""
+    return plan_files(plans_dir_beside(runbooks))

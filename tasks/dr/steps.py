@@ -10,10 +10,10 @@ from pydantic import Field
 from ktlo.errors import StepFailed
 from ktlo.orchestration.deployments import register_source
 from ktlo.steps.registry import StepInput, StepOutput, step_task
-from tasks.dr.deployments import plan_deployments
+from tasks.dr.deployments import plan_deployments, plan_source_files
 from tasks.dr.readiness import readiness
 
-register_source("dr-plans", plan_deployments)
+register_source("dr-plans", plan_deployments, files=plan_source_files)
 
 
 class ReadinessInput(StepInput):
