@@ -5,6 +5,9 @@ of 100 plans x 10 services.
    shell script that restores the same two backups (pg_restore into a scratch database,
    zstd | tar into a directory), starts the same app, waits for it, runs the same checks
    (row count, file present, HTTP 200) in the same order, then cleans up. Target ≤ 1.3x.
+   Also measured: Prefect's floor for the drill's shape (a flow run and three empty child
+   runs started at once), the part of the drill no ktlo code can remove while each service
+   is a child run.
 2. `readiness()` over 100 plans of 10 services each, 1,000 verified backups in the catalog.
    Target ≤ 1 s.
 
@@ -84,6 +87,22 @@ def _drill() -> None:
         raise RuntimeError(f"drill failed: {doc['notes']}")
 
 
+def _floor() -> Any:
+    """Prefect's own cost of a drill's shape, with nothing to do: a flow run whose three child
+    runs start at once (what `dr-drill` and its `dr-service` runs cost before any work)."""
+    from prefect import flow
+
+    @flow(name="bench-floor-service", validate_parameters=False)
+    async def child(name: str) -> str:
+        return name
+
+    @flow(name="bench-floor-drill", validate_parameters=False)
+    async def parent() -> None:
+        await asyncio.gather(*(child(name) for name in ("db", "uploads", "app")))
+
+    return lambda: asyncio.run(parent())
+
+
 def _shell(env: dict[str, str]) -> None:
     subprocess.run(["bash", "-c", SHELL], env=env, check=True, capture_output=True)
 
@@ -157,10 +176,19 @@ def run() -> Result:
             n = rounds(3)
             shell = measure(lambda: _shell(env), n)
             drill = measure(_drill, n)
+            floor = measure(_floor(), n)
         drill_ratio = ratio_line(
             "DR drill (example plan)", "ktlo dr drill", drill.median, "shell script",
             shell.median, target=DRILL_TARGET,
         )  # fmt: skip
+        ratio_line(
+            "  of which Prefect's floor", "1 flow run + 3 empty child runs", floor.median,
+            "shell script", shell.median,
+        )  # fmt: skip
+        print(
+            f"  drill timings {drill.text()}; shell {shell.text()}; floor {floor.text()}",
+            flush=True,
+        )
         subprocess.run(
             ["psql", PG, "-qc", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=False
         )
@@ -184,6 +212,7 @@ def run() -> Result:
             {
                 "drill_s": drill.median,
                 "shell_s": shell.median,
+                "prefect_floor_s": floor.median,
                 "drill_ratio": round(drill_ratio, 3),
                 "readiness_s": timing.median,
                 "readiness_ratio_to_target": round(ready_ratio, 3),
