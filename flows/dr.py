@@ -328,8 +328,8 @@ async def run_drill(plan_ref: str, notes: str = "", execute: bool = False) -> di
         finished=datetime.now(UTC),
         started_by=actor,
         flow_run_url=_flow_run_url(run_id),
+        mode=kind,
     )
-    doc["mode"] = kind
     store.finish_drill(run_id, verdict, doc)
     audit.record(
         f"dr.{kind}.finish",

@@ -83,6 +83,9 @@ def test_execute_waits_for_approval_then_recovers_into_the_real_targets(
             assert svc["cleanup"]["directories_removed"] == []
         stored = cli("dr", "report", doc["run_id"], "--format", "json", env=example.home.env)
         assert json.loads(stored.stdout)["services"] == doc["services"]
+        assert doc["audit"]["actions"] == ["dr.execute.start", "dr.execute.finish"]
+        md = cli("dr", "report", doc["run_id"], "--format", "md", env=example.home.env)
+        assert md.stdout.startswith(f"# DR recovery of `{doc['plan']}`"), md.stdout[:200]
     finally:
         if proc.poll() is None:
             proc.kill()

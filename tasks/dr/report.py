@@ -27,8 +27,10 @@ def document(
     finished: datetime,
     started_by: str,
     flow_run_url: str | None,
+    mode: str = "drill",
 ) -> dict[str, Any]:
     return {
+        "mode": mode,
         "plan": plan.name,
         "plan_hash": plan.content_hash,
         "verdict": verdict,
@@ -40,8 +42,18 @@ def document(
         "started_by": started_by,
         "flow_run_url": flow_run_url,
         "notes": notes,
-        "audit": {"actions": ["dr.drill.start", "dr.cleanup", "dr.drill.finish"], "run_id": run_id},
+        "audit": {
+            "actions": [f"dr.{mode}.start"]
+            + (["dr.cleanup"] if mode == "drill" else [])
+            + [f"dr.{mode}.finish"],
+            "run_id": run_id,
+        },
     }
+
+
+def title(doc: dict[str, Any]) -> str:
+    """'DR drill' or, for `ktlo dr execute`, 'DR recovery' (the same report otherwise)."""
+    return "DR recovery" if doc.get("mode") == "execute" else "DR drill"
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -91,7 +103,7 @@ HEADERS = [
 
 def markdown(doc: dict[str, Any]) -> str:
     lines = [
-        f"# DR drill of `{doc['plan']}`: **{doc['verdict']}**",
+        f"# {title(doc)} of `{doc['plan']}`: **{doc['verdict']}**",
         "",
         f"Run `{doc['run_id']}` started {doc['started_at']} by {doc['started_by']}, "
         f"{doc['duration_s']} s; plan version `{doc['plan_hash'][:12]}`.",
@@ -204,9 +216,9 @@ def html(doc: dict[str, Any]) -> str:
         else "flow run"
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>DR drill {escape(doc["plan"])}: {escape(doc["verdict"])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{title(doc)} {escape(doc["plan"])}: {escape(doc["verdict"])}</title>
 <style>{CSS}</style></head><body>
-<h1>DR drill of <code>{escape(doc["plan"])}</code>: <span id="verdict" class="{escape(doc["verdict"])}">{escape(doc["verdict"])}</span></h1>
+<h1>{title(doc)} of <code>{escape(doc["plan"])}</code>: <span id="verdict" class="{escape(doc["verdict"])}">{escape(doc["verdict"])}</span></h1>
 <p>Run <code id="run-id">{escape(doc["run_id"])}</code> ({link}), started {escape(doc["started_at"] or "")}
 by {escape(doc["started_by"])}, {doc["duration_s"]} s. Plan version <code>{escape(doc["plan_hash"])}</code>.
 Audit rows: actions {", ".join(doc["audit"]["actions"])} with this run id (<code>ktlo audit</code>).</p>
