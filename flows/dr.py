@@ -1,14 +1,13 @@
 """The DR drill flow: recover a plan's services into scratch targets in dependency order,
 verify, measure, and always clean up.
 
-Each service is a child flow run (`dr-service`); its recover runbook and verify checks run
-inside it as task runs (each with a ktlo run record), all visible in the Prefect UI. All child
-runs start at once and each waits until its dependencies were verified, so independent
-services recover concurrently and Prefect's cost of starting a run overlaps the recovery of
-the services before it; a service whose dependency was not verified is not started. Cleanup
-runs in `finally` (errors and Ctrl-C), in the flow's cancellation/crash hooks (a served run
-that is cancelled or killed), and otherwise in the next readiness pass (the scratch journal
-names the dead owner).
+Each service is a child flow run (`dr-service`, flows/dr_service.py); its recover runbook and
+verify checks run inside it as task runs (each with a ktlo run record), all visible in the
+Prefect UI. Independent services recover concurrently, and a service whose dependency was not
+verified is not started. Cleanup runs as soon as the services' work ended, in `finally`
+(errors and Ctrl-C), in the flow's cancellation/crash hooks (a served run that is cancelled
+or killed), and otherwise in the next readiness pass (the scratch journal names the dead
+owner).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import asyncio
 import getpass
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,143 +24,23 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import MarkdownArtifact
 from prefect.context import FlowRunContext
 
+from flows.dr_service import _run_inline, _why, run_services, service_flow
 from flows.runbook import _flow_run_url
 from ktlo import secrets
-from ktlo.engine.executor import Executor, Outcome, RunInfo
-from ktlo.errors import KtloError
 from ktlo.recovery import RecoveryPoint, latest_points
 from ktlo.runbook.loader import find_runbook, hand_over, load_runbook
 from ktlo.runbook.model import Runbook
-from ktlo.runbook.params import validate_params
 from ktlo.status import RunStatus
 from ktlo.steps import registry
 from ktlo.steps.context import flow_client
-from ktlo.store import audit, runs
-from tasks.dr import report, scratch, store, templates
-from tasks.dr.drill import APPROVAL_STEP, ServiceResult, approval_wait_s, data_checks, judge, rpo_of
+from ktlo.store import audit
+from tasks.dr import report, scratch, store
+from tasks.dr.drill import APPROVAL_STEP, ServiceResult, judge
 from tasks.dr.plan import Plan, Service, find_plan, load_plan
 
 DRILL_FLOW = "dr-drill"
 EXECUTE_FLOW = "dr-execute"
 SERVICE_FLOW = "dr-service"
-
-
-def _since(start: datetime) -> float:
-    return round((datetime.now(UTC) - start).total_seconds(), 3)
-
-
-async def _run_inline(
-    rb: Runbook, params: dict[str, Any], parent_run_id: str | None
-) -> tuple[str, Outcome]:
-    """Run a runbook's steps in the current (service) flow run: its steps are task runs of
-    that run in the Prefect UI, and a ktlo run record of their own (`ktlo history`), without
-    the second or so a separate flow run costs on a busy server."""
-    ctx = FlowRunContext.get()
-    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-    url = _flow_run_url(flow_run_id) if flow_run_id else None
-    run_id = str(uuid.uuid4())
-    try:
-        values = validate_params(rb, params)
-    except KtloError as exc:
-        return run_id, Outcome(status=RunStatus.FAILED, outputs={"error": str(exc)})
-    runs.start_run(
-        run_id, rb.name, params=values, trigger="subflow", parent_run_id=parent_run_id, url=url
-    )
-    info = RunInfo(
-        run_id=run_id, runbook=rb.name, flow_run_id=flow_run_id, url=url, trigger="subflow"
-    )
-    try:
-        outcome = await Executor(rb, values, info).run()
-    except BaseException as exc:
-        runs.finish_run(run_id, RunStatus.CRASHED, error=f"{type(exc).__name__}: {exc}")
-        raise
-    runs.finish_run(run_id, outcome.status, error=outcome.error)
-    return run_id, outcome
-
-
-def _why(outcome: Outcome) -> str:
-    return outcome.error or str(outcome.outputs.get("error") or outcome.status)
-
-
-# Per running drill (by run id): each service's future, resolved with "verified?" when its
-# child run ends. Every child run is started at once, so Prefect's cost of creating a flow
-# run (a second or two on a busy server) overlaps the recovery of the services it waits for.
-_verified: dict[str, dict[str, asyncio.Future[bool]]] = {}
-
-
-# The run name is formatted from the parameters: `with_options` per service would rebuild the
-# flow's parameter schema each time (~35 ms of CPU before the service can start).
-@flow(name=SERVICE_FLOW, validate_parameters=False, flow_run_name="{plan}-{service[name]}")
-async def service_flow(
-    plan: str,
-    service: dict[str, Any],
-    targets: dict[str, Any],
-    points: list[dict[str, Any]],
-    others: dict[str, dict[str, Any]],
-    wave: int,
-    drill_started: datetime,
-    drill_run_id: str | None = None,
-) -> dict[str, Any]:
-    """Wait until the service's dependencies are verified, recover it into its scratch
-    targets, then run its verify checks."""
-    svc = Service.model_validate(service)
-    gates = _verified.get(drill_run_id or "", {})
-    result = ServiceResult(
-        name=svc.name, wave=wave, tier=svc.tier, rto_target_s=svc.rto_s, rpo_target_s=svc.rpo_s
-    )
-    try:
-        blocked = [d for d in svc.depends_on if d not in gates or not await gates[d]]
-        if blocked:
-            result.error = f"not started: dependency not verified: {', '.join(blocked)}"
-        else:
-            await _recover(svc, targets, points, others, drill_started, drill_run_id, result)
-    finally:
-        gate = gates.get(svc.name)
-        if gate is not None and not gate.done():
-            gate.set_result(result.verified)
-    return result.model_dump(mode="json")
-
-
-async def _recover(
-    svc: Service,
-    targets: dict[str, Any],
-    points: list[dict[str, Any]],
-    others: dict[str, dict[str, Any]],
-    drill_started: datetime,
-    drill_run_id: str | None,
-    result: ServiceResult,
-) -> None:
-    tgt = scratch.Targets.model_validate(targets)
-    pts = [RecoveryPoint.model_validate(p) for p in points]
-    result.recovery_points = pts
-    result.rpo_achieved_s = rpo_of(pts, drill_started)
-    result.started_s = _since(drill_started)
-    ctx = FlowRunContext.get()
-    result.service_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-    log = get_run_logger()
-    others_t = {k: scratch.Targets.model_validate(v) for k, v in others.items()}
-    context = templates.context(tgt, pts, others_t)
-    recover = load_runbook(find_runbook(svc.recover.runbook))
-    params = templates.recover_params(svc, context)
-    result.recover_run_id, outcome = await _run_inline(recover, params, drill_run_id)
-    if outcome.status == RunStatus.FAILED:
-        result.error = f"recover runbook {svc.recover.runbook}: {_why(outcome)}"
-        log.error("%s", result.error)
-        return
-    result.recovered_s = _since(drill_started)
-    result.data_checks = data_checks(pts, secrets.redact(outcome.outputs))
-    if svc.verify:
-        rb = templates.verify_runbook(
-            f"dr-verify-{svc.name}", templates.verify_checks(svc, context)
-        )
-        result.verify_run_id, outcome = await _run_inline(rb, {}, drill_run_id)
-        if outcome.status == RunStatus.FAILED:
-            result.error = f"verify: {_why(outcome)}"
-            log.error("%s", result.error)
-            return
-    result.verified = True
-    result.verified_s = result.rto_achieved_s = _since(drill_started)
-    result.approval_wait_s = approval_wait_s([result.recover_run_id])
 
 
 def _warm_up(plan: Plan) -> None:
@@ -258,6 +138,19 @@ async def run_drill(plan_ref: str, notes: str = "", execute: bool = False) -> di
     results: dict[str, ServiceResult] = {}
     targets: dict[str, scratch.Targets] = {}
     proofs: dict[str, scratch.Proof] = {}
+    leftover = scratch.Proof()
+    cleaned = False
+
+    async def clean_up() -> None:
+        """Once, as soon as the services' work ended (or failed): a real recovery is kept."""
+        nonlocal cleaned, leftover
+        if cleaned or execute:
+            return
+        cleaned = True
+        for name in targets:
+            proofs[name] = await asyncio.to_thread(scratch.cleanup, run_id, name)
+        leftover = await asyncio.to_thread(scratch.cleanup, run_id)
+
     try:
         points = _points(plan)
         wave_of = {svc.name: n for n, wave in enumerate(plan.waves()) for svc in wave}
@@ -281,33 +174,26 @@ async def run_drill(plan_ref: str, notes: str = "", execute: bool = False) -> di
                 else await asyncio.to_thread(scratch.allocate, run_id, svc)
             )
             runnable.append(svc)
-        loop = asyncio.get_running_loop()
-        _verified[run_id] = {svc.name: loop.create_future() for svc in runnable}
         log.info("recovering %s", ", ".join(s.name for s in runnable) or "nothing")
-        outs = await asyncio.gather(
-            *(
-                service_flow(
-                    plan=plan.name,
-                    service=svc.model_dump(),
-                    targets=targets[svc.name].model_dump(),
-                    points=[
-                        points[(d.provider, d.source)].model_dump(mode="json") for d in svc.data
-                    ],
-                    others={k: v.model_dump() for k, v in targets.items()},
-                    wave=wave_of[svc.name],
-                    drill_started=started,
-                    drill_run_id=run_id,
-                )
-                for svc in runnable
+
+        def child(svc: Service) -> Awaitable[dict[str, Any]]:
+            return service_flow(
+                plan=plan.name,
+                service=svc.model_dump(),
+                targets=targets[svc.name].model_dump(),
+                points=[points[(d.provider, d.source)].model_dump(mode="json") for d in svc.data],
+                others={k: v.model_dump() for k, v in targets.items()},
+                wave=wave_of[svc.name],
+                drill_started=started,
+                drill_run_id=run_id,
             )
-        )
-        for svc, out in zip(runnable, outs, strict=True):
-            results[svc.name] = ServiceResult.model_validate(out)
+
+        waves = [[s for s in wave if s.name in targets] for wave in plan.waves()]
+        outs = await run_services(run_id, waves, child, clean_up)
+        for name, out in outs.items():
+            results[name] = ServiceResult.model_validate(out)
     finally:
-        _verified.pop(run_id, None)
-        for name in [] if execute else targets:  # a real recovery is kept, of course
-            proofs[name] = await asyncio.to_thread(scratch.cleanup, run_id, name)
-        leftover = scratch.Proof() if execute else await asyncio.to_thread(scratch.cleanup, run_id)
+        await clean_up()
     for name, result in results.items():
         proof = proofs.get(name, scratch.Proof())
         result.cleaned_up = proof.ok
