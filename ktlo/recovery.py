@@ -8,9 +8,10 @@ services, so a provider answers a whole batch with one query).
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -62,8 +63,13 @@ def latest_points(
     return provider(wanted, verified) if wanted else {}
 
 
-def _load_tables() -> Any:
-    """Providers register beside their tables, which the store imports when it opens."""
-    from ktlo.store.db import engine
+@functools.cache
+def _load_tables() -> None:
+    """Providers register beside their domain's tables: import those (the `ktlo.tables` entry
+    points) rather than count on the store having imported them when it opened."""
+    from importlib.metadata import entry_points
 
-    return engine()
+    from ktlo.store.db import TABLES_ENTRY_POINT_GROUP
+
+    for ep in entry_points(group=TABLES_ENTRY_POINT_GROUP):
+        importlib.import_module(ep.value.split(":")[0])
