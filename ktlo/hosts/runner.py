@@ -4,7 +4,8 @@ One `HostRunner` per unit of work (a step, a CLI command): it keeps one SSH conn
 host and reuses it for every command on that host, caps how many handshakes run at once
 (sshd's MaxStartups drops the rest), and never raises for a host that misbehaves — a
 timeout, a refused connection or a wrong host key is a `CommandResult` with `error` set, so
-one bad host never hides the others' results.
+one bad host never hides the others' results. With `keep_for_run=True` inside a run's step,
+its connections outlive it for the run's next step (`ktlo.hosts.pool`).
 
 The remote command line is built here and nowhere else: the host's `env` is exported inside
 it (sshd accepts only LANG/LC_* from clients), every value shlex-quoted, the command wrapped
@@ -27,14 +28,26 @@ from typing import Any
 import asyncssh
 
 from ktlo import secrets
+from ktlo.hosts import pool
 from ktlo.hosts.inventory import Connection, Host
 from ktlo.processes import child_options
+from ktlo.steps.context import get_step_context
 
 __all__ = ["CommandResult", "HostRunner", "command_line"]
 
 TIMED_OUT = (124, 137)  # GNU timeout: the command got TERM (124) or, after -k, KILL (137)
 KILL_AFTER_S = 2  # after TERM, `timeout -k` sends KILL this much later
 GRACE_S = KILL_AFTER_S + 3  # the client waits this much longer than the remote timeout
+# AES-GCM first: one AEAD call per packet in asyncssh, where chacha20-poly1305 (its default
+# first choice) costs several; every OpenSSH server offers both.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
 
 
 @dataclass(frozen=True)
@@ -101,12 +114,17 @@ class HostRunner:
         max_handshakes: int = 16,
         command_timeout_s: float = 60.0,
         connect_timeout_s: float | None = None,
+        keep_for_run: bool = False,
     ) -> None:
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self._conns: dict[str, asyncssh.SSHClientConnection] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._keys: dict[str, tuple[object, ...]] = {}  # host -> its pool key, when kept
+        self._pooled: set[str] = set()  # hosts whose connection came from an earlier step
+        ctx = get_step_context() if keep_for_run else None
+        self._run_id = ctx.run_id if ctx is not None else None
 
     async def __aenter__(self) -> HostRunner:
         return self
@@ -115,16 +133,21 @@ class HostRunner:
         await self.close()
 
     async def close(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
-        for conn in conns:
+        conns, self._conns = self._conns, {}
+        if self._run_id is not None:  # left open for the run's next step
+            for name, conn in list(conns.items()):
+                if not conn.is_closed():
+                    pool.park(self._keys[name], conns.pop(name))
+        for conn in conns.values():
             conn.close()
-        for conn in conns:
+        for conn in conns.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.wait_closed(), 5)
 
     def forget(self, host: Host) -> None:
         """Drop the host's connection (it rebooted): the next command opens a new one."""
         conn = self._conns.pop(host.name, None)
+        self._pooled.discard(host.name)
         if conn is not None:
             conn.abort()
 
@@ -136,6 +159,13 @@ class HostRunner:
             conn = self._conns.get(host.name)
             if conn is not None and not conn.is_closed():
                 return conn
+            if self._run_id is not None:
+                key = self._keys[host.name] = (self._run_id, *_identity(host))
+                conn = pool.take(key)
+                if conn is not None:
+                    self._conns[host.name] = conn
+                    self._pooled.add(host.name)
+                    return conn
             async with self._handshakes:
                 conn = await asyncio.wait_for(
                     asyncssh.connect(host.address, **_options(host)),
@@ -174,14 +204,13 @@ class HostRunner:
             conn = await self.connect(host)
         except Exception as exc:  # reported as the result, never raised
             return _failed(host, _connect_error(host, exc), started)
+        feed: dict[str, Any] = (
+            {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
+        )
         try:
-            feed: dict[str, Any] = (
-                {"input": stdin} if stdin is not None else {"stdin": asyncssh.DEVNULL}
-            )
-            done = await asyncio.wait_for(
-                conn.run(line, request_pty=False, encoding="utf-8", errors="replace", **feed),
-                timeout + GRACE_S,
-            )
+            done = await asyncio.wait_for(self._exec(host, conn, line, feed), timeout + GRACE_S)
+        except _Unreachable as exc:
+            return _failed(host, _connect_error(host, exc.__cause__ or exc), started)
         except TimeoutError:
             self.forget(host)  # the channel may be stuck; the remote `timeout` kills the command
             return _failed(host, f"timed out after {timeout:g}s (no answer)", started)
@@ -200,6 +229,27 @@ class HostRunner:
         return CommandResult(
             host.name, code, str(done.stdout or ""), str(done.stderr or ""), elapsed, error
         )
+
+    async def _exec(
+        self, host: Host, conn: asyncssh.SSHClientConnection, line: str, feed: dict[str, Any]
+    ) -> asyncssh.SSHCompletedProcess:
+        """Start the command and wait for it. A connection kept from an earlier step that
+        cannot even open a channel went stale in between: one new connection, once (the
+        command never started, so it is not run twice)."""
+        opts: dict[str, Any] = {"request_pty": False, "encoding": "utf-8", "errors": "replace"}
+        try:
+            proc = await conn.create_process(line, **opts, **feed)
+        except (asyncssh.Error, OSError):
+            if host.name not in self._pooled:
+                raise
+            self.forget(host)
+            try:
+                conn = await self.connect(host)
+            except Exception as exc:
+                raise _Unreachable from exc
+            proc = await conn.create_process(line, **opts, **feed)
+        self._pooled.discard(host.name)
+        return await proc.wait()
 
     async def run_many(
         self, hosts: Sequence[Host], command: str, **kwargs: Any
@@ -252,19 +302,43 @@ class HostRunner:
         )
 
 
+class _Unreachable(Exception):
+    """A stale kept connection could not be replaced (the cause says why)."""
+
+
+def _identity(host: Host) -> tuple[object, ...]:
+    """What a connection to the host depends on: a kept one is reused only if all are equal."""
+    return (
+        host.name,
+        host.address,
+        host.port,
+        host.user,
+        host.known_hosts and (str(host.known_hosts), pool.file_version(str(host.known_hosts))),
+        host.key_file and (str(host.key_file), pool.file_version(str(host.key_file))),
+        host.password_secret,
+        host.passphrase_secret,
+        host.strict_host_keys,
+    )
+
+
 def _options(host: Host) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "port": host.port,
-        "known_hosts": str(host.known_hosts) if host.strict_host_keys else None,
+        "known_hosts": None,
         "agent_path": None,
         "config": [],
+        "encryption_algs": list(CIPHERS),
     }
     if host.strict_host_keys and host.known_hosts is None:
         opts.pop("known_hosts")  # asyncssh's default: ~/.ssh/known_hosts, still strict
+    elif host.strict_host_keys:
+        opts["known_hosts"] = pool.known_hosts(str(host.known_hosts))
     if host.user:
         opts["username"] = host.user
     if host.key_file is not None:
-        opts["client_keys"] = [str(host.key_file)]
+        opts["client_keys"] = (
+            [str(host.key_file)] if host.passphrase_secret else pool.client_keys(str(host.key_file))
+        )
     if host.passphrase_secret:
         opts["passphrase"] = secrets.resolve(host.passphrase_secret)
     if host.password_secret:

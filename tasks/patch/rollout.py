@@ -176,6 +176,7 @@ class Rollout:
             max_handshakes=self.inputs.max_handshakes,
             command_timeout_s=self.inputs.command_timeout_s,
             connect_timeout_s=self.inputs.connect_timeout_s,
+            keep_for_run=True,  # a scan step before it has opened them already
         ) as runner:
             names = [h.name for h in self.hosts]
             shared = Shared(

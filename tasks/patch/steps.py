@@ -68,6 +68,7 @@ async def scan_hosts(inputs: PatchCommon, run_id: str | None) -> list[scanning.H
         max_handshakes=inputs.max_handshakes,
         command_timeout_s=inputs.command_timeout_s,
         connect_timeout_s=inputs.connect_timeout_s,
+        keep_for_run=True,  # the run's rollout step uses the same connections
     ) as runner:
         probes = await asyncio.gather(
             *(
