@@ -304,13 +304,13 @@ class HostPatch:
     def touched(self) -> bool:
         return bool(self.restore)
 
-    async def rescan(self) -> None:
-        """Record what the host has now, so its state and later drift start from here.
+    async def rescan(self) -> scanning.Recording | None:
+        """What the host has now, to record so its state and later drift start from here.
 
-        The rollout runs it for every touched host after the last batch, all at once: a
-        batch does not wait for its hosts' rescans. A host patched by a guarded install was
-        scanned in the install's own exec (nothing changed since: no reboot, no rollback),
-        so only its result is stored.
+        The rollout runs it for every touched host after the last batch, all at once, and
+        stores the results in one go: a batch does not wait for its hosts' rescans. A host
+        patched by a guarded install was scanned in the install's own exec (nothing changed
+        since: no reboot, no rollback), so only its result is stored.
         """
         fresh = self.after or await scanning.probe(
             self.shared.runner,
@@ -319,13 +319,11 @@ class HostPatch:
             self.inputs.root,
             self.inputs.command_timeout_s,
         )
-        if fresh.error is None:
-            scanning.record(
-                fresh,
-                self.inputs.baseline,
-                self.shared.run_id,
-                str(self.report.outcome),
-                ours=frozenset(self.restore),
-                previous=self.shared.scans.get(self.host.name),
-                seen=self.shared.seen,
-            )
+        if fresh.error is not None:
+            return None
+        return scanning.Recording(
+            fresh,
+            str(self.report.outcome),
+            self.shared.scans.get(self.host.name),
+            frozenset(self.restore),
+        )

@@ -25,6 +25,7 @@ from ktlo.hosts.runner import HostRunner
 from ktlo.steps.context import get_step_context
 from ktlo.steps.registry import StepOutput, step_task
 from ktlo.store.models import utcnow
+from tasks.patch import scan as scanning
 from tasks.patch import store
 from tasks.patch.gate import GateCheck
 from tasks.patch.host_patch import HostPatch, HostReport, Shared
@@ -190,7 +191,13 @@ class Rollout:
                 await self._batches(sizes, shared, logger)
             finally:
                 done = [p for p in self.patchers if p.touched]
-                await asyncio.gather(*(p.rescan() for p in done))
+                fresh = await asyncio.gather(*(p.rescan() for p in done))
+                scanning.record_all(
+                    [r for r in fresh if r is not None],
+                    self.inputs.baseline,
+                    self.run_id,
+                    shared.seen,
+                )
 
     async def _batches(self, sizes: list[int], shared: Shared, logger: Any) -> None:
         """Batch after batch while the budget and the window allow; hosts of a batch at once."""

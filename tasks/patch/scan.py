@@ -174,57 +174,75 @@ def split_scan(
     return own, (scan if scan is not None and scan.error is None else None)
 
 
-def record(
-    scan: HostScan,
+@dataclass
+class Recording:
+    """A probed host's scan to store, with what its state depends on."""
+
+    scan: HostScan
+    last_outcome: str | None = None  # the host's last rollout outcome
+    previous: store.PatchScan | None = None  # its last scan, for drift
+    ours: frozenset[tuple[str, str]] = frozenset()  # packages this run changed (not drift)
+
+
+def record_all(
+    items: list[Recording],
     baseline: Baseline,
     run_id: str | None,
-    last_outcome: str | None,
-    *,
-    previous: store.PatchScan | None,
     seen: dict[tuple[str, str, str], datetime],
-    ours: frozenset[tuple[str, str]] = frozenset(),
-) -> HostScan:
-    """Store the scan, apply the baseline, compute and store the host's state.
+) -> list[HostScan]:
+    """Store the scans, apply the baseline, compute and store each host's state.
 
-    `previous` (the host's last scan, for drift) and `seen` (first-seen times) are read once
-    by the caller for all its hosts: one query each instead of one per host.
+    Two transactions for all the hosts (scans, then states), not two per host. `previous`
+    and `seen` (first-seen times) are read once by the caller for all its hosts.
     """
-    applicable = any(p.applicable for p in scan.providers)
-    row = store.record_scan(
-        store.PatchScan(
-            host=scan.host,
-            run_id=run_id,
-            installed=scan.installed,
-            pending=[u.model_dump(mode="json") for u in scan.pending],
-            plan_hash=scan.plan_hash,
-            reboot_required=scan.reboot_required,
-            reboot_packages=scan.reboot_packages,
-            needrestart=scan.needrestart,
-            applicable=applicable,
-            error=scan.error,
-        )
+    if not items:
+        return []
+    rows = store.record_scans(
+        [
+            {
+                "host": i.scan.host,
+                "run_id": run_id,
+                "installed": i.scan.installed,
+                "pending": [u.model_dump(mode="json") for u in i.scan.pending],
+                "plan_hash": i.scan.plan_hash,
+                "reboot_required": i.scan.reboot_required,
+                "reboot_packages": i.scan.reboot_packages,
+                "needrestart": i.scan.needrestart,
+                "applicable": any(p.applicable for p in i.scan.providers),
+                "error": i.scan.error,
+            }
+            for i in items
+        ]
     )
-    scan.scan_id = row.id
-    scan.approved, scan.rejected = baseline.approve(scan.pending, seen, utcnow())
-    scan.drift = drift(previous.installed, scan.installed, ours) if previous is not None else []
-    if scan.error is not None:
-        scan.state = Compliance.FAILED
-    else:
-        scan.state = state_of(
-            applicable=applicable,
-            approved=scan.approved,
-            installed=scan.installed,
-            reboot_required=scan.reboot_required,
-            baseline=baseline,
-            changed=scan.drift,
-            last_outcome=last_outcome,
+    now = utcnow()
+    states: dict[str, dict[str, Any]] = {}
+    for item, (scan_id, scanned_at) in zip(items, rows, strict=True):
+        scan = item.scan
+        scan.scan_id = scan_id
+        scan.approved, scan.rejected = baseline.approve(scan.pending, seen, now)
+        scan.drift = (
+            drift(item.previous.installed, scan.installed, item.ours)
+            if item.previous is not None
+            else []
         )
-    store.save_state(
-        scan.host,
-        state=str(scan.state),
-        scan_id=row.id,
-        scanned_at=row.scanned_at,
-        drift=scan.drift,
-        error=scan.error,
-    )
-    return scan
+        if scan.error is not None:
+            scan.state = Compliance.FAILED
+        else:
+            scan.state = state_of(
+                applicable=any(p.applicable for p in scan.providers),
+                approved=scan.approved,
+                installed=scan.installed,
+                reboot_required=scan.reboot_required,
+                baseline=baseline,
+                changed=scan.drift,
+                last_outcome=item.last_outcome,
+            )
+        states[scan.host] = {
+            "state": str(scan.state),
+            "scan_id": scan_id,
+            "scanned_at": scanned_at,
+            "drift": scan.drift,
+            "error": scan.error,
+        }
+    store.save_states(states)
+    return [i.scan for i in items]

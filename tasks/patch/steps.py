@@ -80,17 +80,12 @@ async def scan_hosts(inputs: PatchCommon, run_id: str | None) -> list[scanning.H
         )
     outcomes = {s.host: s.outcome for s in store.states()}
     previous, seen = store.last_scans([h.name for h in hosts]), store.first_seen()
-    scans = [
-        scanning.record(
-            p,
-            inputs.baseline,
-            run_id,
-            outcomes.get(p.host),
-            previous=previous.get(p.host),
-            seen=seen,
-        )
-        for p in probes
-    ]
+    scans = scanning.record_all(
+        [scanning.Recording(p, outcomes.get(p.host), previous.get(p.host)) for p in probes],
+        inputs.baseline,
+        run_id,
+        seen,
+    )
     audit_hosts(
         "patch.scan",
         [
