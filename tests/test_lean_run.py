@@ -43,6 +43,62 @@ def test_a_runbook_of_basic_steps_loads_no_domain(home: Home) -> None:
     assert done.stdout.splitlines() == ["basic: - False", "domain: True"]
 
 
+STORE_PROBE = """
+import sys
+from ktlo.store.db import engine, table_names
+
+names = table_names(engine())
+print("domain tables imported:", "tasks.tables" in sys.modules)
+print("all tables there:", {"ktlo_run", "ktlo_incident", "ktlo_backup"} <= set(names))
+"""
+
+
+def _probe(code: str, env: dict[str, str]) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_cli_imports_no_store_before_a_command_asks_for_it(home: Home) -> None:
+    code = "import sys, ktlo.app.cli; print(sorted({'sqlalchemy', 'sqlmodel'} & set(sys.modules)))"
+    assert _probe(code, home.env) == ["[]"]
+
+
+def test_a_store_stamped_by_the_same_code_is_not_migrated_again(home: Home) -> None:
+    """The first process creates every table; the next skips importing the domains' tables."""
+    assert _probe(STORE_PROBE, home.env) == [
+        "domain tables imported: True",
+        "all tables there: True",
+    ]
+    assert _probe(STORE_PROBE, home.env) == [
+        "domain tables imported: False",
+        "all tables there: True",
+    ]
+    from ktlo.store.db import engine, reset_engines
+
+    reset_engines()
+    with engine().begin() as conn:  # another version of ktlo migrated the store since
+        conn.exec_driver_sql(
+            "INSERT INTO ktlo_schema (version, description, applied_at) "
+            "VALUES (99, 'newer', CURRENT_TIMESTAMP)"
+        )
+    reset_engines()
+    assert _probe(STORE_PROBE, home.env) == [
+        "domain tables imported: True",
+        "all tables there: True",
+    ]
+    assert _probe(STORE_PROBE, home.env) == [
+        "domain tables imported: False",
+        "all tables there: True",
+    ]
+
+
 def _children(pid: int) -> list[str]:
     """Command lines of `pid`'s child processes."""
     with open(f"/proc/{pid}/task/{pid}/children") as handle:

@@ -1,5 +1,9 @@
 """One engine per database URL; the schema is created and migrated on first use.
 
+A store records which code already found all its tables and migrations there (a stamp per
+code fingerprint, valid for one schema version), so a process of the same code skips
+importing every domain's tables: a fifth of a second at every `ktlo` start.
+
 SQLite (the embedded default) runs in WAL mode with a busy timeout and `BEGIN IMMEDIATE`
 transactions, so concurrent writers queue instead of failing with "database is locked";
 within a process they queue on a lock, which hands over faster than SQLite's polling.
@@ -18,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
 from ktlo.errors import KtloError
@@ -199,34 +204,105 @@ def _import_table_modules() -> None:
         importlib.import_module(ep.value.split(":")[0])
 
 
-def _migrate(eng: Engine) -> None:
-    from ktlo.store.models import utcnow
+def _code_fingerprint() -> str:
+    """A digest of the code that decides the schema, taken without importing it.
 
+    The `ktlo.tables` entry points, and the path, size and modification time of every
+    Python file under their top-level packages: what Python itself trusts for its bytecode
+    cache. An edit, an upgrade or a new domain changes it (and costs one full migration).
+    """
+    import hashlib
+    import importlib.util
+    import os
+    from importlib.metadata import entry_points
+
+    digest = hashlib.sha256()
+    roots: set[str] = set()
+    for ep in sorted(entry_points(group=TABLES_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        digest.update(f"{ep.name}={ep.value}\n".encode())
+        spec = importlib.util.find_spec(ep.value.split(":")[0].split(".")[0])  # imports nothing
+        if spec is not None:
+            roots.update(spec.submodule_search_locations or [spec.origin or ""])
+    files: list[str] = []
+    for root in sorted(roots):
+        if not os.path.isdir(root):
+            files.append(root)
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            files.extend(os.path.join(folder, n) for n in names if n.endswith(".py"))
+    for path in sorted(files):
+        st = os.stat(path)
+        digest.update(f"{path} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _stamped(eng: Engine, fingerprint: str) -> bool:
+    """Whether this code found every table and migration in this store at its current version."""
+    try:
+        with eng.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT 1 FROM ktlo_schema_stamp WHERE fingerprint = :f "
+                    "AND version = (SELECT MAX(version) FROM ktlo_schema)"
+                ),
+                {"f": fingerprint},
+            ).first()
+    except DBAPIError:  # a new store, or one from before stamps: migrate it
+        return False
+    return row is not None
+
+
+def _migrate(eng: Engine) -> None:
+    fingerprint = _code_fingerprint()
+    if _stamped(eng, fingerprint):
+        return
     _import_table_modules()
 
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(7352001)"))  # one migrator at a time
         SQLModel.metadata.create_all(conn)
-        current = conn.execute(text("SELECT MAX(version) FROM ktlo_schema")).scalar() or 0
-        if current == 0:
-            latest = max((m[0] for m in MIGRATIONS), default=1)
+        _apply_migrations(conn)
+        _stamp(conn, fingerprint)
+
+
+def _apply_migrations(conn: Connection) -> None:
+    from ktlo.store.models import utcnow
+
+    current = conn.execute(text("SELECT MAX(version) FROM ktlo_schema")).scalar() or 0
+    if current == 0:
+        latest = max((m[0] for m in MIGRATIONS), default=1)
+        conn.execute(
+            text("INSERT INTO ktlo_schema (version, description, applied_at) VALUES (:v, :d, :at)"),
+            {"v": latest, "d": "initial schema", "at": utcnow()},
+        )
+        return
+    for version, description, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
+        if version > current:
+            fn(conn)
             conn.execute(
                 text(
                     "INSERT INTO ktlo_schema (version, description, applied_at) VALUES (:v, :d, :at)"
                 ),
-                {"v": latest, "d": "initial schema", "at": utcnow()},
+                {"v": version, "d": description, "at": utcnow()},
             )
-            return
-        for version, description, fn in sorted(MIGRATIONS, key=lambda m: m[0]):
-            if version > current:
-                fn(conn)
-                conn.execute(
-                    text(
-                        "INSERT INTO ktlo_schema (version, description, applied_at) VALUES (:v, :d, :at)"
-                    ),
-                    {"v": version, "d": description, "at": utcnow()},
-                )
+
+
+def _stamp(conn: Connection, fingerprint: str) -> None:
+    """Record that this code's tables and migrations are all here (stamps of other versions go)."""
+    from ktlo.store.models import utcnow
+
+    version = conn.execute(text("SELECT MAX(version) FROM ktlo_schema")).scalar()
+    conn.execute(
+        text("DELETE FROM ktlo_schema_stamp WHERE fingerprint = :f OR version <> :v"),
+        {"f": fingerprint, "v": version},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO ktlo_schema_stamp (fingerprint, version, stamped_at) VALUES (:f, :v, :at)"
+        ),
+        {"f": fingerprint, "v": version, "at": utcnow()},
+    )
 
 
 def table_names(eng: Engine) -> list[str]:

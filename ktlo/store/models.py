@@ -34,6 +34,16 @@ class SchemaVersion(SQLModel, table=True):
     applied_at: datetime = Field(default_factory=utcnow)
 
 
+class SchemaStamp(SQLModel, table=True):
+    """Code that found all its tables and migrations in this store (`ktlo.store.db`)."""
+
+    __tablename__ = "ktlo_schema_stamp"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    version: int  # the store's schema version when it was stamped
+    stamped_at: datetime = Field(default_factory=utcnow)
+
+
 class Run(SQLModel, table=True):
     """One execution of a runbook; `id` is the Prefect flow run id."""
 

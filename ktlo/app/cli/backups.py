@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from ktlo.app.cli.common import ago, console, err_console, esc, print_json
-from ktlo.store.models import iso
+from ktlo.app.cli.common import ago, console, err_console, esc, iso, print_json
 
 backups_app = typer.Typer(help="The backup catalog.", no_args_is_help=True)
 T = TypeVar("T")

@@ -71,6 +71,14 @@ def ago(ts: datetime | None) -> str:
     return f"{seconds / 86400:.0f}d ago"
 
 
+def iso(ts: datetime | None) -> str | None:
+    """`ktlo.store.models.iso`, imported when first called: the store (SQLAlchemy) is not
+    imported by every command that merely registers with the CLI."""
+    from ktlo.store.models import iso as stored_iso
+
+    return stored_iso(ts)
+
+
 def duration(start: datetime | None, end: datetime | None) -> str:
     if start is None or end is None:
         return ""

@@ -13,17 +13,18 @@ from ktlo.app.cli.common import (
     duration,
     esc,
     fail,
+    iso,
     matches_id,
     print_json,
     short_id,
     styled,
 )
 from ktlo.status import StepStatus
-from ktlo.store import runs
-from ktlo.store.models import iso
 
 
 def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:
+    from ktlo.store.runs import step_json
+
     return {
         "id": run.id,
         "runbook": run.runbook,
@@ -35,7 +36,7 @@ def _run_json(run: Any, steps: list[Any]) -> dict[str, Any]:
         "finished_at": iso(run.finished_at),
         "error": run.error,
         "url": run.url,
-        "steps": [runs.step_json(s) for s in steps],
+        "steps": [step_json(s) for s in steps],
     }
 
 

@@ -7,15 +7,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.app.cli.common import ago, console, esc, fail, print_json, short_id
-from ktlo.incidents.store import IncidentStatus, OutboxStatus
-from ktlo.store.models import iso
+from ktlo.app.cli.common import ago, console, esc, fail, iso, print_json, short_id
 
-INCIDENT_STYLE: dict[str, str] = {
-    IncidentStatus.OPEN: "red",
-    IncidentStatus.RESOLVED: "green",
-    IncidentStatus.SUPERSEDED: "dim",
-}
 incidents_app = typer.Typer(
     help="Incidents received by the webhook receiver.", invoke_without_command=True
 )
@@ -51,7 +44,7 @@ def list_incidents(
         return
     from sqlmodel import col, select
 
-    from ktlo.incidents.store import IncidentRecord
+    from ktlo.incidents.store import IncidentRecord, IncidentStatus
     from ktlo.store.db import session
 
     with session() as s:
@@ -82,11 +75,16 @@ def list_incidents(
         console.print("no incidents" + (" open" if open_only else ""))
         _print_dead(dead)
         return
+    style: dict[str, str] = {
+        IncidentStatus.OPEN: "red",
+        IncidentStatus.RESOLVED: "green",
+        IncidentStatus.SUPERSEDED: "dim",
+    }
     table = Table(title="Incidents", title_justify="left")
     for column in ("key", "status", "severity", "summary", "runbooks", "repeats", "first seen"):
         table.add_column(column, overflow="fold")
     for r in records:
-        status = f"[{INCIDENT_STYLE.get(r.status, 'white')}]{esc(r.status)}[/]"
+        status = f"[{style.get(r.status, 'white')}]{esc(r.status)}[/]"
         runbooks = esc(", ".join(r.matched)) or "[yellow]none matched[/yellow]"
         table.add_row(
             esc(r.key),
@@ -105,7 +103,7 @@ def _dead_letters() -> list[Any]:
     """Outbox items the Prefect API refused for good (never retried)."""
     from sqlmodel import col, select
 
-    from ktlo.incidents.store import OutboxItem
+    from ktlo.incidents.store import OutboxItem, OutboxStatus
     from ktlo.store.db import session
 
     query = select(OutboxItem).where(OutboxItem.status == OutboxStatus.DEAD)
@@ -132,7 +130,7 @@ def show(
     """The timeline of an incident: received, runs started and how they ended, resolved."""
     from sqlmodel import col, or_, select
 
-    from ktlo.incidents.store import IncidentRecord, OutboxItem
+    from ktlo.incidents.store import IncidentRecord, OutboxItem, OutboxStatus
     from ktlo.store.audit import events
     from ktlo.store.db import session
     from ktlo.store.runs import get_run

@@ -13,10 +13,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ktlo.app.cli.common import ago, console, esc, fail, print_json, styled
+from ktlo.app.cli.common import ago, console, esc, fail, iso, print_json, styled
 from ktlo.errors import KtloError, Problem, RunbookInvalid
 from ktlo.status import RunStatus, StepStatus
-from ktlo.store.models import iso
 
 
 def _rel(path: str) -> str:

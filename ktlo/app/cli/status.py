@@ -8,8 +8,7 @@ from typing import Any
 
 import typer
 
-from ktlo.app.cli.common import ago, console, esc, fail, print_json
-from ktlo.store.models import iso
+from ktlo.app.cli.common import ago, console, esc, fail, iso, print_json
 
 STATE_STYLE = {"OK": "green", "DEGRADED": "yellow", "FAILING": "bold red"}
 ORDER = {"FAILING": 0, "DEGRADED": 1, "OK": 2}
