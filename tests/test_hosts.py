@@ -14,6 +14,7 @@ import yaml
 from ktlo.errors import RunbookInvalid
 from ktlo.hosts.inventory import Connection, InventoryMissing, UnknownHosts, load_inventory
 from ktlo.hosts.runner import CommandResult, HostRunner
+from ktlo.steps.context import StepContext, current_step
 from tests.helpers import cli
 from tests.labs.fleet import Fleet
 
@@ -81,6 +82,32 @@ def test_twenty_hosts_one_connection_each_env_applied(fleet: Fleet) -> None:
     # the client's source port is the same: the second command used the same connection
     assert [r.stdout for r in first] == [r.stdout for r in again]
     assert len({r.stdout for r in first}) == 20
+
+
+def test_a_runs_steps_share_connections_and_a_dead_one_is_replaced(fleet: Fleet) -> None:
+    hosts = load_inventory(fleet.inventory).select("lab-05,lab-06")
+
+    async def step(run_id: str) -> list[str]:  # a step of a run: its own runner
+        token = current_step.set(StepContext(run_id=run_id, runbook="t", step_id="s"))
+        try:
+            async with HostRunner(keep_for_run=True) as runner:
+                done = await runner.run_many(hosts, 'echo "$SSH_CONNECTION"')
+        finally:
+            current_step.reset(token)
+        assert all(r.ok for r in done), done
+        return [r.stdout.split()[1] for r in done]  # the client's port: which connection
+
+    async def go() -> list[list[str]]:
+        first, again, other = await step("run-a"), await step("run-a"), await step("run-b")
+        fleet.kill("lab-06")  # its sshd and sessions die: run-b's kept connection with them
+        fleet.restart("lab-06")
+        return [first, again, other, await step("run-b")]
+
+    first, again, other, after = _run(go())
+    assert again == first  # the same run's next step took over its connections
+    assert set(other).isdisjoint(first)  # another run has its own
+    assert after[0] == other[0]
+    assert after[1] != other[1]  # a new connection replaced the dead one
 
 
 def test_hostile_value_stays_one_word(fleet: Fleet) -> None:

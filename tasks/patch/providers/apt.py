@@ -43,8 +43,10 @@ class AptProvider(ProviderBase):
     lock_timeout_s: int = Field(default=60, ge=0, description="DPkg::Lock::Timeout")
 
     def _dpkg_query(self) -> str:
+        # APT::Architectures set: apt-config would otherwise run `dpkg
+        # --print-foreign-architectures` (a fork and exec per scan) for a path it does not need
         return (
-            'eval "$(apt-config shell KTLO_STATUS Dir::State::status/f)"; '
+            'eval "$(apt-config -o APT::Architectures=all shell KTLO_STATUS Dir::State::status/f)"; '
             'dpkg-query --admindir="$(dirname "${KTLO_STATUS:-/var/lib/dpkg/status}")" '
             "-W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'"
         )
