@@ -7,7 +7,7 @@ the host's connection settings; the next runner of the same run (same event loop
 A connection nobody takes within `IDLE_S` is closed, and all are closed when the loop shuts
 down (`asyncio.run` cancels the reaper, which then closes what is left).
 
-Known-hosts files and client keys are parsed once per file version (path, size, mtime), not
+Known-hosts files and client keys are parsed once per file version (inode, size, times), not
 once per connection: 200 handshakes parsed them 200 times.
 """
 
@@ -84,21 +84,22 @@ def take(key: Hashable) -> asyncssh.SSHClientConnection | None:
     return found[0]
 
 
-def file_version(path: str) -> tuple[int, int] | None:
+def file_version(path: str) -> tuple[int, ...] | None:
+    """Changes whenever the file does (replaced, rewritten, resized, touched)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 @functools.lru_cache(maxsize=32)
-def _read_known_hosts(path: str, version: tuple[int, int]) -> asyncssh.SSHKnownHosts:
+def _read_known_hosts(path: str, version: tuple[int, ...]) -> asyncssh.SSHKnownHosts:
     return asyncssh.read_known_hosts(path)
 
 
 @functools.lru_cache(maxsize=32)
-def _load_keys(path: str, version: tuple[int, int], cert: tuple[int, int] | None) -> Any:
+def _load_keys(path: str, version: tuple[int, ...], cert: tuple[int, ...] | None) -> Any:
     return asyncssh.load_keypairs([path])
 
 
