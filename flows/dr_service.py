@@ -20,7 +20,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 
-from flows.runbook import _flow_run_url
+from flows.runbook import _flow_run_url, name_flow_run
 from ktlo import secrets
 from ktlo.engine.executor import Executor, Outcome, RunInfo
 from ktlo.errors import KtloError
@@ -130,9 +130,7 @@ async def _until_entered(child: asyncio.Future[Any], entered: asyncio.Event) -> 
         waiter.cancel()
 
 
-# The run name is formatted from the parameters: `with_options` per service would rebuild the
-# flow's parameter schema each time (~35 ms of CPU before the service can start).
-@flow(name=SERVICE_FLOW, validate_parameters=False, flow_run_name="{plan}-{service[name]}")
+@flow(name=SERVICE_FLOW, validate_parameters=False)
 async def service_flow(
     plan: str,
     service: dict[str, Any],
@@ -146,6 +144,7 @@ async def service_flow(
     """Wait until the service's dependencies are verified, recover it into its scratch
     targets, then run its verify checks."""
     svc = Service.model_validate(service)
+    naming = asyncio.create_task(name_flow_run(f"{plan}-{svc.name}"))  # beside the work
     drill = _drills.get(drill_run_id or "", _Drill())
     if svc.name in drill.entered:
         drill.entered[svc.name].set()
@@ -163,6 +162,7 @@ async def service_flow(
         gate = gates.get(svc.name)
         if gate is not None and not gate.done():
             gate.set_result(result.verified)
+        await naming
     return result.model_dump(mode="json")
 
 

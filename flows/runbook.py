@@ -47,22 +47,27 @@ def _short_name(ref: str) -> str:
 
 
 async def _name_run(ref: str) -> None:
-    """Name the run after its runbook and slot (`nightly-backup-20261128-020000`).
+    """Name the run after its runbook and slot (`nightly-backup-20261128-020000`)."""
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx else None
+    if flow_run is not None:
+        slot = flow_run.expected_start_time or flow_run.start_time or datetime.now(UTC)
+        await name_flow_run(f"{_short_name(ref)}-{slot:%Y%m%d-%H%M%S}")
 
-    Done beside the steps rather than with Prefect's `flow_run_name`, which renames before
-    the flow starts through a fresh client and a second lookup of the result storage: a
-    tenth of a second on every run.
+
+async def name_flow_run(name: str) -> None:
+    """Name the current flow run; meant to run beside the flow's work (`create_task`).
+
+    Prefect's `flow_run_name` renames before the flow starts, through a fresh client and a
+    second lookup of the result storage: a tenth of a second on every run.
     """
     ctx = FlowRunContext.get()
     flow_run = ctx.flow_run if ctx else None
     client = flow_client()
     if flow_run is None or client is None:
         return
-    slot = flow_run.expected_start_time or flow_run.start_time or datetime.now(UTC)
     try:
-        await client.set_flow_run_name(
-            flow_run_id=flow_run.id, name=f"{_short_name(ref)}-{slot:%Y%m%d-%H%M%S}"
-        )
+        await client.set_flow_run_name(flow_run_id=flow_run.id, name=name)
     except Exception as exc:  # a name is a convenience; it never fails a run
         get_run_logger().debug("could not name the flow run: %s", exc)
 
