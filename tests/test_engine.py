@@ -448,3 +448,37 @@ def test_a_failed_run_has_its_summary_too(home: Home, run: Any) -> None:
     summary = [a for a in artifacts if a.key == "runbook-failing"]
     assert len(summary) == 1, [a.key for a in artifacts]
     assert "`broken`" in summary[0].data
+
+
+def test_task_runs_are_named_after_their_steps(home: Home, run: Any) -> None:
+    """Steps of one type share one configured Prefect task; each run still bears its step's id."""
+    import asyncio
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    path = home.runbook(
+        "named",
+        """
+        name: named
+        steps:
+          - {id: first, uses: log, with: {message: one}}
+          - {id: second, uses: log, with: {message: two}}
+          - {id: third, uses: log, retries: 1, with: {message: three}}
+        """,
+    )
+    result = run(path)
+    assert result.status == "succeeded"
+
+    async def names() -> list[str]:
+        async with get_client() as client:
+            flow_runs = FlowRunFilter(
+                id=FlowRunFilterId(any_=[result.state.state_details.flow_run_id])
+            )
+            return sorted(t.name for t in await client.read_task_runs(flow_run_filter=flow_runs))
+
+    deadline = time.monotonic() + 30  # the server records task runs from events, shortly after
+    while (found := asyncio.run(names())) != ["first", "second", "third"]:
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)

@@ -100,13 +100,21 @@ class Outcome:
         return f"step '{first.step_id}' failed: {first.error}"
 
 
-@lru_cache(maxsize=1024)
-def _configured_task(
-    task: Any, name: str, retries: int, delay: float, timeout: float | None
-) -> Any:
-    """A step's task with its run name and policies (building a Task is not free: cache it)."""
+def _step_run_name() -> str:
+    """A step's task run is named after the step (`current_step` is set around the call)."""
+    step = current_step.get()
+    return step.step_id if step is not None else "step"
+
+
+@lru_cache(maxsize=256)
+def _configured_task(task: Any, retries: int, delay: float, timeout: float | None) -> Any:
+    """A step type's task with a step's policies, built once per combination: building a Task
+    reads its function's source, a millisecond or two that a per-step copy paid every step."""
     return task.with_options(
-        task_run_name=name, retries=retries, retry_delay_seconds=delay, timeout_seconds=timeout
+        task_run_name=_step_run_name,
+        retries=retries,
+        retry_delay_seconds=delay,
+        timeout_seconds=timeout,
     )
 
 
@@ -262,9 +270,7 @@ class Executor:
             return self._record(
                 step, StepStatus.FAILED, started=started, error=secrets.redact(_input_error(exc))
             )
-        task = _configured_task(
-            step_type.task, step.id, step.retries, step.retry_delay_s, step.timeout_s
-        )
+        task = _configured_task(step_type.task, step.retries, step.retry_delay_s, step.timeout_s)
         sctx = StepContext(
             run_id=self.info.run_id,
             runbook=self.rb.name,

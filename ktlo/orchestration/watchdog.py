@@ -37,7 +37,8 @@ class Watchdog:
     def _watch(self) -> None:
         refused = 0
         answered = time.monotonic()
-        with httpx.Client(timeout=5) as client:
+        # Plain HTTP needs no certificates; loading them costs a tenth of a second of CPU.
+        with httpx.Client(timeout=5, verify=self.url.startswith("https:")) as client:
             while not self._stop.wait(INTERVAL_S):
                 try:
                     client.get(self.url)

@@ -202,9 +202,11 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Run a runbook now (exit 0 on success, 1 on failure)."""
+    from ktlo.orchestration.local_server import preset_api
     from ktlo.runbook.loader import find_runbook, load_runbook
     from ktlo.runbook.params import parse_cli_params, validate_params
 
+    preset_api()  # before validation imports Prefect
     try:
         path = find_runbook(ref)
         rb = load_runbook(path)
