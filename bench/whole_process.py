@@ -5,6 +5,9 @@
 finds it through `KTLO_HOME`, the script through `PREFECT_API_URL`). One warm-up each,
 then alternating pairs; before each run the server is left to go idle. Wall time and the
 child's own CPU time (user + system, from `wait4`) are both reported as ratios of medians.
+Part of what `ktlo run` saves is Python's, not the engine's: its CLI freezes its objects at
+exit (`gc.freeze`), so the interpreter's final collections skip them, while hand.py pays
+them (about half a second of CPU here). `python -X importtime` shows what each side imports.
 
     python -m bench.whole_process          (also run by bench.engine_overhead)
 """
