@@ -9,7 +9,6 @@ services, so a provider answers a whole batch with one query).
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -65,11 +64,8 @@ def latest_points(
 
 @functools.cache
 def _load_tables() -> None:
-    """Providers register beside their domain's tables: import those (the `ktlo.tables` entry
-    points) rather than count on the store having imported them when it opened."""
-    from importlib.metadata import entry_points
+    """Providers register beside their domain's tables: import those rather than count on
+    the store having imported them when it opened (a stamped store does not)."""
+    from ktlo.store.db import import_table_modules
 
-    from ktlo.store.db import TABLES_ENTRY_POINT_GROUP
-
-    for ep in entry_points(group=TABLES_ENTRY_POINT_GROUP):
-        importlib.import_module(ep.value.split(":")[0])
+    import_table_modules()

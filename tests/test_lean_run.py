@@ -70,8 +70,8 @@ def test_the_cli_imports_no_store_before_a_command_asks_for_it(home: Home) -> No
     assert _probe(code, home.env) == ["[]"]
 
 
-def test_a_store_stamped_by_the_same_code_is_not_migrated_again(home: Home) -> None:
-    """The first process creates every table; the next skips importing the domains' tables."""
+def _migrated_then_skipped(home: Home) -> None:
+    """One process migrates (imports the domains' tables); the next one skips that."""
     assert _probe(STORE_PROBE, home.env) == [
         "domain tables imported: True",
         "all tables there: True",
@@ -80,6 +80,11 @@ def test_a_store_stamped_by_the_same_code_is_not_migrated_again(home: Home) -> N
         "domain tables imported: False",
         "all tables there: True",
     ]
+
+
+def test_a_store_stamped_by_the_same_code_is_not_migrated_again(home: Home) -> None:
+    """The first process creates every table; the next skips importing the domains' tables."""
+    _migrated_then_skipped(home)
     from ktlo.store.db import engine, reset_engines
 
     reset_engines()
@@ -89,14 +94,7 @@ def test_a_store_stamped_by_the_same_code_is_not_migrated_again(home: Home) -> N
             "VALUES (99, 'newer', CURRENT_TIMESTAMP)"
         )
     reset_engines()
-    assert _probe(STORE_PROBE, home.env) == [
-        "domain tables imported: True",
-        "all tables there: True",
-    ]
-    assert _probe(STORE_PROBE, home.env) == [
-        "domain tables imported: False",
-        "all tables there: True",
-    ]
+    _migrated_then_skipped(home)
 
 
 def _children(pid: int) -> list[str]:

@@ -193,10 +193,10 @@ def _safe_url(url: str) -> str:
 TABLES_ENTRY_POINT_GROUP = "ktlo.tables"
 
 
-def _import_table_modules() -> None:
+def import_table_modules() -> None:
     """Import the table modules that the core and each domain register (pyproject's
     `ktlo.tables` entry points), so `create_all` sees every table without the store
-    knowing the domains."""
+    knowing the domains (and what registers beside its tables is registered)."""
     import importlib
     from importlib.metadata import entry_points
 
@@ -256,7 +256,7 @@ def _migrate(eng: Engine) -> None:
     fingerprint = _code_fingerprint()
     if _stamped(eng, fingerprint):
         return
-    _import_table_modules()
+    import_table_modules()
 
     with eng.begin() as conn:
         if eng.dialect.name == "postgresql":
