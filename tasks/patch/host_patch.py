@@ -69,6 +69,7 @@ class HostPatch:
         self.restore: dict[tuple[str, str], str] = {}
         self.after: scanning.HostScan | None = None  # the scan run in the install's exec
         self.gated: tuple[bool, list[str]] | None = None  # the gate run in the install's exec
+        self.settled = False  # the guarded install installs the host's whole pending plan
         self.events: list[tuple[str, CommandResult, dict[str, Any]]] = []
         self.providers: dict[str, ProviderBase] = {
             p.name_of(): p.for_host(host) for p in inputs.providers
@@ -125,7 +126,7 @@ class HostPatch:
         self.report.planned = [u.pin for u in approved]
         if not approved:
             return self._end(Outcome.SKIPPED)  # compliant: nothing approved is pending
-        guarded = self._guarded(pending, approved)
+        guarded = self._guarded(pending, approved, stored.fingerprint or "")
         before: dict[str, dict[str, str]] = {}
         if guarded is None:
             now = await scanning.probe(
@@ -167,12 +168,13 @@ class HostPatch:
             await self._rollback(restore, failure)
         return None
 
-    def _guarded(self, pending: list[Update], approved: list[Update]) -> str | None:
+    def _guarded(self, pending: list[Update], approved: list[Update], fp: str) -> str | None:
         """The one-exec check-and-install command, when the host's only provider has one."""
         if len(self.providers) != 1:
             return None
         (provider,) = self.providers.values()
-        return provider.guarded_install_command(pending, approved)
+        self.settled = {u.pin for u in approved} == {u.pin for u in pending}
+        return provider.guarded_install_command(pending, approved, fp)
 
     def _refuse(self, stored: store.PatchScan, how: str) -> None:
         self._audit(
@@ -207,7 +209,7 @@ class HostPatch:
             gate = gate_script(self.inputs.health) if fold and self.inputs.health else "true"
             done = await self.shared.runner.run(
                 self.host,
-                scanning.then_scan(guarded, provider, root, gate)
+                scanning.then_scan(guarded, provider, root, gate, settled=self.settled)
                 if guarded
                 else provider.install_command(mine),
                 timeout_s=self.inputs.install_timeout_s,
@@ -218,6 +220,8 @@ class HostPatch:
                 if gated and done.ok:
                     self.gated = parse_gate(gated, self.inputs.health)
                 done, self.after = scanning.split_scan(replace(done, stdout=head), provider)
+                if self.after is not None and self.settled and not _landed(self.after, mine):
+                    self.after = None  # not what was planned: a full rescan at the end says why
             if (
                 guarded is not None
                 and done.exit_code == PLAN_CHANGED_EXIT
@@ -327,3 +331,9 @@ class HostPatch:
             self.shared.scans.get(self.host.name),
             frozenset(self.restore),
         )
+
+
+def _landed(scan: scanning.HostScan, updates: list[Update]) -> bool:
+    """Every update is installed at its planned version (what a settled scan presumes)."""
+    installed = scan.installed
+    return all(installed.get(u.provider, {}).get(u.name) == u.version for u in updates)

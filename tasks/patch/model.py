@@ -57,6 +57,9 @@ class ProviderScan(BaseModel):
     installed: dict[str, str] = Field(default_factory=dict)
     pending: list[Update] = Field(default_factory=list)
     error: str | None = None
+    fingerprint: str = Field(
+        default="", description="of what the plan was computed from; empty: not known"
+    )
 
 
 def plan_hash(updates: list[Update]) -> str:

@@ -81,6 +81,11 @@ class HostScan:
     def installed(self) -> dict[str, dict[str, str]]:
         return {p.provider: p.installed for p in self.providers}
 
+    @property
+    def fingerprint(self) -> str:
+        """The one provider's (the guarded install exists for one provider only)."""
+        return self.providers[0].fingerprint if len(self.providers) == 1 else ""
+
 
 async def probe(
     runner: HostRunner,
@@ -134,19 +139,25 @@ def parse_probe(
     return out
 
 
-def scan_and_facts(provider: ProviderBase, root: str) -> str:
-    """The provider's scan, its exit status after `AFTER`, then the facts: one exec."""
-    return f'( {provider.scan_command()}\n); echo "{AFTER} $?"; {facts_command(root)}'
+def scan_and_facts(provider: ProviderBase, root: str, *, settled: bool = False) -> str:
+    """The provider's scan, its exit status after `AFTER`, then the facts: one exec.
+
+    `settled`: right after the provider installed every pending update (its cheaper scan).
+    """
+    scan = (settled and provider.settled_scan_command()) or provider.scan_command()
+    return f'( {scan}\n); echo "{AFTER} $?"; {facts_command(root)}'
 
 
-def then_scan(command: str, provider: ProviderBase, root: str, after: str = "true") -> str:
+def then_scan(
+    command: str, provider: ProviderBase, root: str, after: str = "true", *, settled: bool = False
+) -> str:
     """`command`, and when it succeeds, the provider's scan and the facts in the same exec.
 
     Saves the rescan's round trip after an install; `split_scan` takes the output apart.
     """
     return (
         f"{command}\nrc=$?; if [ $rc -eq 0 ]; then echo {AFTER}; "
-        f"{scan_and_facts(provider, root)}; {after}; fi; exit $rc"
+        f"{scan_and_facts(provider, root, settled=settled)}; {after}; fi; exit $rc"
     )
 
 
@@ -205,6 +216,7 @@ def record_all(
                 "installed": i.scan.installed,
                 "pending": [u.model_dump(mode="json") for u in i.scan.pending],
                 "plan_hash": i.scan.plan_hash,
+                "fingerprint": i.scan.fingerprint,
                 "reboot_required": i.scan.reboot_required,
                 "reboot_packages": i.scan.reboot_packages,
                 "needrestart": i.scan.needrestart,

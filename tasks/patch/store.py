@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Column, Text, delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
-from ktlo.store.db import session
+from ktlo.store.db import MIGRATIONS, add_column, session
 from ktlo.store.models import utcnow
 
 
@@ -29,11 +29,15 @@ class PatchScan(SQLModel, table=True):
     installed: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON))
     pending: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     plan_hash: str = Field(default="", max_length=32)
+    fingerprint: str | None = Field(default=None, max_length=64)  # ProviderScan.fingerprint
     reboot_required: bool = False
     reboot_packages: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     needrestart: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     applicable: bool = True
     error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+MIGRATIONS.append((4, "ktlo_patch_scan.fingerprint", add_column("ktlo_patch_scan", "fingerprint")))
 
 
 class PatchSeen(SQLModel, table=True):

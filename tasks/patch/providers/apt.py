@@ -6,6 +6,14 @@ never prompt: DEBIAN_FRONTEND=noninteractive, NEEDRESTART_MODE=l (list, do not r
 confdef/confold for conffiles, and a DPkg::Lock::Timeout so a held dpkg lock is a clear
 failure instead of a hang. The dpkg database is found through apt's own configuration
 (`apt-config shell`), so an `APT_CONFIG` in the host's env is honoured everywhere.
+
+A scan also prints a fingerprint of everything apt's plan is computed from: the dpkg status
+and architectures, the package lists, preferences, configuration and sources (each file's
+inode, size and times, as apt itself validates its pkgcache.bin). The guarded install skips its
+simulation when the fingerprint is still the scan's (same inputs, same plan), and after it
+installed the whole pending plan it does not simulate again (nothing is left to upgrade from
+the same lists). On a real host each simulation costs apt a full dependency solve; on the lab
+they were two of the three simulations a patched host paid.
 """
 
 from __future__ import annotations
@@ -20,11 +28,34 @@ from tasks.patch.model import ProviderScan, Update
 from tasks.patch.providers.base import PLAN_CHANGED, PLAN_CHANGED_EXIT, ProviderBase
 
 MARK = "@@ktlo-apt@@"
+FINGERPRINT = "@@ktlo-apt-fp@@"
 INST = re.compile(r"^Inst (\S+)(?: \[([^\]]*)\])? \((\S+) (.*?)(?: \[[^\]]*\])?\)")
 SIMULATE = "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade"
 # `name current version` per `Inst` line of the simulation (current empty for a new package)
 INST_SED = r"sed -nE 's/^Inst ([^ ]+)( \[([^]]*)\])? \(([^ ]+) .*/\1 \3 \4/p'"
 NONINTERACTIVE = "export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l NEEDRESTART_SUSPEND=1; "
+# apt's own paths, read once per remote command (APT::Architectures set: apt-config would
+# otherwise run `dpkg --print-foreign-architectures`, a fork and exec, for nothing it prints)
+PATHS = (
+    '[ -n "${KTLO_APT_READ:-}" ] || eval "$(apt-config -o APT::Architectures=all shell '
+    "KTLO_APT_READ Dir KTLO_STATUS Dir::State::status/f KTLO_LISTS Dir::State::lists/d "
+    "KTLO_EXTENDED Dir::State::extended_states/f KTLO_PREFS Dir::Etc::Preferences/f "
+    "KTLO_PREFS_D Dir::Etc::PreferencesParts/d KTLO_MAIN Dir::Etc::main/f "
+    "KTLO_PARTS Dir::Etc::Parts/d KTLO_SOURCES Dir::Etc::SourceList/f "
+    'KTLO_SOURCES_D Dir::Etc::SourceParts/d)"; '
+)
+DPKG_QUERY = (
+    'dpkg-query --admindir="$(dirname "${KTLO_STATUS:-/var/lib/dpkg/status}")" '
+    "-W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'"
+)
+STAT = "stat -L -c '%n %i %s %.9Y %.9Z' --"
+# Empty when the status file cannot be read: no fingerprint, so nothing is ever skipped.
+FINGERPRINT_OF = (
+    f'ktlo_fp() {{ s=$({STAT} "$KTLO_STATUS" 2>/dev/null) || return 0; '
+    f'{{ printf "%s\\n" "$s"; {STAT} "${{KTLO_STATUS%/*}}/arch" "$KTLO_LISTS"*_* '
+    '"$KTLO_EXTENDED" "$KTLO_PREFS" "$KTLO_PREFS_D"* "$KTLO_MAIN" "$KTLO_PARTS"* '
+    '"$KTLO_SOURCES" "$KTLO_SOURCES_D"* ${APT_CONFIG:+"$APT_CONFIG"} 2>/dev/null; } | cksum; }; '
+)
 
 
 def is_security(origin: str) -> bool:
@@ -42,23 +73,29 @@ class AptProvider(ProviderBase):
     refresh: bool = Field(default=False, description="run `apt-get update` before the scan")
     lock_timeout_s: int = Field(default=60, ge=0, description="DPkg::Lock::Timeout")
 
-    def _dpkg_query(self) -> str:
-        # APT::Architectures set: apt-config would otherwise run `dpkg
-        # --print-foreign-architectures` (a fork and exec per scan) for a path it does not need
-        return (
-            'eval "$(apt-config -o APT::Architectures=all shell KTLO_STATUS Dir::State::status/f)"; '
-            'dpkg-query --admindir="$(dirname "${KTLO_STATUS:-/var/lib/dpkg/status}")" '
-            "-W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'"
-        )
-
     def scan_command(self) -> str:
         update = "apt-get update -qq >&2 && " if self.refresh else ""
-        return f"{self._dpkg_query()} && echo {MARK} && {update}{SIMULATE}"
+        return (
+            f'{PATHS}{FINGERPRINT_OF}{update}echo "{FINGERPRINT} $(ktlo_fp)" && '
+            f"{DPKG_QUERY} && echo {MARK} && {SIMULATE}"
+        )
+
+    def settled_scan_command(self) -> str:
+        """After the whole pending plan was installed: the fingerprint and installed versions,
+        and an empty simulation — the plan was all of `dist-upgrade`, so from the same lists
+        nothing is left (the fingerprint taken now vouches for the next rollout's guard)."""
+        return (
+            f'{PATHS}{FINGERPRINT_OF}echo "{FINGERPRINT} $(ktlo_fp)" && {DPKG_QUERY} && echo {MARK}'
+        )
 
     def parse_scan(self, stdout: str) -> ProviderScan:
         head, _, simulated = stdout.partition(MARK)
         installed: dict[str, str] = {}
+        fingerprint = ""
         for line in head.splitlines():
+            if line.startswith(FINGERPRINT):
+                fingerprint = line.removeprefix(FINGERPRINT).strip()
+                continue
             parts = line.split("\t")
             if len(parts) >= 3 and parts[2].strip().startswith("i"):
                 installed[parts[0]] = parts[1]
@@ -77,7 +114,9 @@ class AptProvider(ProviderBase):
                         origin=origin.strip(),
                     )
                 )
-        return ProviderScan(provider=self.KIND, installed=installed, pending=pending)
+        return ProviderScan(
+            provider=self.KIND, installed=installed, pending=pending, fingerprint=fingerprint
+        )
 
     def _apt(self, extra: str, pins: list[str]) -> str:
         opts = [
@@ -96,22 +135,31 @@ class AptProvider(ProviderBase):
     def install_command(self, updates: list[Update]) -> str:
         return self._apt("", [u.pin for u in updates])
 
-    def guarded_install_command(self, pending: list[Update], approved: list[Update]) -> str:
+    def guarded_install_command(
+        self, pending: list[Update], approved: list[Update], fingerprint: str = ""
+    ) -> str:
         """Simulate on the host, compare `name current version` of every pending update with
         the scan's, and install only when they are the same (installed versions included, so
-        the versions recorded for rollback are exactly what the host has)."""
+        the versions recorded for rollback are exactly what the host has). When the scan's
+        fingerprint is given and apt's inputs still match it, the plan is the scan's without
+        simulating."""
         expected = "\n".join(sorted(plan_line(u) for u in pending))
-        return (
+        check = (
             f'sim=$({SIMULATE}) || {{ printf "%s\\n" "$sim" >&2; exit 1; }}; '
             f'now=$(printf "%s\\n" "$sim" | {INST_SED} | LC_ALL=C sort); '
             f'if [ "$now" != {shlex.quote(expected)} ]; then '
             f'echo {PLAN_CHANGED}; printf "%s\\n" "$now"; exit {PLAN_CHANGED_EXIT}; fi; '
-            + self.install_command(approved)
         )
+        if fingerprint:
+            check = (
+                f"{PATHS}{FINGERPRINT_OF}"
+                f'if [ "$(ktlo_fp)" != {shlex.quote(fingerprint)} ]; then {check}fi; '
+            )
+        return check + self.install_command(approved)
 
     def rollback_command(self, versions: dict[str, str]) -> str:
         pins = [f"{n}={v}" if v else f"{n}-" for n, v in sorted(versions.items())]
         return self._apt("--allow-downgrades", pins)
 
     def versions_command(self) -> str:
-        return self._dpkg_query()
+        return PATHS + DPKG_QUERY

@@ -54,13 +54,22 @@ class ProviderBase(BaseModel, ABC):
     def install_command(self, updates: list[Update]) -> str:
         """Install exactly these versions (non-interactive)."""
 
-    def guarded_install_command(self, pending: list[Update], approved: list[Update]) -> str | None:
+    def guarded_install_command(
+        self, pending: list[Update], approved: list[Update], fingerprint: str = ""
+    ) -> str | None:
         """Install `approved` only if the host's pending updates are still exactly `pending`.
 
         One remote exec instead of a rescan and an install: on a changed plan it prints
         `PLAN_CHANGED`, then what is pending now, and exits 97 without installing. None: this
-        provider cannot check on the host (the rollout rescans first instead).
+        provider cannot check on the host (the rollout rescans first instead). `fingerprint`
+        is the scan's (`ProviderScan.fingerprint`), for a provider that can tell from it
+        that nothing the plan depends on changed.
         """
+        return None
+
+    def settled_scan_command(self) -> str | None:
+        """A scan for right after ALL of its pending updates were installed, cheaper than
+        `scan_command` because nothing can be pending; None: use `scan_command`."""
         return None
 
     @abstractmethod
