@@ -70,11 +70,13 @@ async def run_gate(
 def gate_script(checks: list[GateCheck]) -> str:
     """The gate as a tail for an install's exec: each check under its own env and timeout,
     its exit status and last output line after `RESULT` (read by `parse_gate`)."""
-    parts = [f"echo {START}"]
-    last = "$(printf '%s\\n' \"$out\" | tail -n 1 | cut -c1-200)"
+    parts = [f"echo {START}", "nl='\n'"]  # the last line by parameter expansion: no processes
     for check in checks:
         line = command_line(check.line, check.env, timeout_s=check.timeout_s)
-        parts.append(f'out=$( {{ {line}\n}} 2>&1 ); grc=$?; echo "{RESULT} $grc {last}"')
+        parts.append(
+            f'out=$( {{ {line}\n}} 2>&1 ); grc=$?; printf "%s %s %.200s\\n" {RESULT} "$grc" '
+            '"${out##*$nl}"'
+        )
     return "; ".join(parts)
 
 

@@ -29,7 +29,7 @@ class PatchScan(SQLModel, table=True):
     installed: dict[str, dict[str, str]] = Field(default_factory=dict, sa_column=Column(JSON))
     pending: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     plan_hash: str = Field(default="", max_length=32)
-    fingerprint: str | None = Field(default=None, max_length=64)  # ProviderScan.fingerprint
+    fingerprint: str | None = Field(default=None, sa_column=Column(Text))  # ProviderScan's
     reboot_required: bool = False
     reboot_packages: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     needrestart: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))

@@ -18,6 +18,7 @@ they were two of the three simulations a patched host paid.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import ClassVar, Literal
@@ -34,28 +35,55 @@ SIMULATE = "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade"
 # `name current version` per `Inst` line of the simulation (current empty for a new package)
 INST_SED = r"sed -nE 's/^Inst ([^ ]+)( \[([^]]*)\])? \(([^ ]+) .*/\1 \3 \4/p'"
 NONINTERACTIVE = "export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l NEEDRESTART_SUSPEND=1; "
-# apt's own paths, read once per remote command (APT::Architectures set: apt-config would
-# otherwise run `dpkg --print-foreign-architectures`, a fork and exec, for nothing it prints)
+# apt's own paths (shell variable -> `apt-config shell` key): read once per remote command
+# unless the command set them from a scan (KTLO_APT_READ). APT::Architectures is set because
+# apt-config would otherwise run `dpkg --print-foreign-architectures`, a fork and exec.
+PATH_KEYS = {
+    "KTLO_STATUS": "Dir::State::status/f",
+    "KTLO_LISTS": "Dir::State::lists/d",
+    "KTLO_EXTENDED": "Dir::State::extended_states/f",
+    "KTLO_PREFS": "Dir::Etc::Preferences/f",
+    "KTLO_PREFS_D": "Dir::Etc::PreferencesParts/d",
+    "KTLO_MAIN": "Dir::Etc::main/f",
+    "KTLO_PARTS": "Dir::Etc::Parts/d",
+    "KTLO_SOURCES": "Dir::Etc::SourceList/f",
+    "KTLO_SOURCES_D": "Dir::Etc::SourceParts/d",
+}
 PATHS = (
     '[ -n "${KTLO_APT_READ:-}" ] || eval "$(apt-config -o APT::Architectures=all shell '
-    "KTLO_APT_READ Dir KTLO_STATUS Dir::State::status/f KTLO_LISTS Dir::State::lists/d "
-    "KTLO_EXTENDED Dir::State::extended_states/f KTLO_PREFS Dir::Etc::Preferences/f "
-    "KTLO_PREFS_D Dir::Etc::PreferencesParts/d KTLO_MAIN Dir::Etc::main/f "
-    "KTLO_PARTS Dir::Etc::Parts/d KTLO_SOURCES Dir::Etc::SourceList/f "
-    'KTLO_SOURCES_D Dir::Etc::SourceParts/d)"; '
+    "KTLO_APT_READ Dir " + " ".join(f"{k} {v}" for k, v in PATH_KEYS.items()) + ')"; '
 )
+PATH_MARK = "@@ktlo-apt-path@@"
+PRINT_PATHS = f"printf '{PATH_MARK} %s\\n' " + " ".join(f'"{k}=${k}"' for k in PATH_KEYS)
 DPKG_QUERY = (
-    'dpkg-query --admindir="$(dirname "${KTLO_STATUS:-/var/lib/dpkg/status}")" '
+    'KTLO_ADMIN=${KTLO_STATUS:-/var/lib/dpkg/status} && dpkg-query --admindir="${KTLO_ADMIN%/*}" '
     "-W -f='${Package}\\t${Version}\\t${db:Status-Abbrev}\\n'"
 )
-STAT = "stat -L -c '%n %i %s %.9Y %.9Z' --"
-# Empty when the status file cannot be read: no fingerprint, so nothing is ever skipped.
+# Each input of apt's plan (dpkg's status and its journal, architectures, lists, preferences,
+# configuration, sources), and each entry of their directories (a directory's own times
+# change when an entry comes or goes), as path, inode, size and times; then their checksum.
+# Nothing readable gives `... 0` (an empty input), which never counts as a fingerprint.
 FINGERPRINT_OF = (
-    f'ktlo_fp() {{ s=$({STAT} "$KTLO_STATUS" 2>/dev/null) || return 0; '
-    f'{{ printf "%s\\n" "$s"; {STAT} "${{KTLO_STATUS%/*}}/arch" "$KTLO_LISTS"*_* '
-    '"$KTLO_EXTENDED" "$KTLO_PREFS" "$KTLO_PREFS_D"* "$KTLO_MAIN" "$KTLO_PARTS"* '
-    '"$KTLO_SOURCES" "$KTLO_SOURCES_D"* ${APT_CONFIG:+"$APT_CONFIG"} 2>/dev/null; } | cksum; }; '
+    'find -L "$KTLO_STATUS" "${KTLO_STATUS%/*}/updates" "${KTLO_STATUS%/*}/arch" "$KTLO_LISTS" '
+    '"$KTLO_EXTENDED" '
+    '"$KTLO_PREFS" "$KTLO_PREFS_D" "$KTLO_MAIN" "$KTLO_PARTS" "$KTLO_SOURCES" '
+    '"$KTLO_SOURCES_D" ${APT_CONFIG:+"$APT_CONFIG"} -maxdepth 1 ! -name lock ! -name partial '
+    "-printf '%p %i %s %T@ %C@\\n' 2>/dev/null | cksum"
 )
+PRINT_FINGERPRINT = f'echo "{FINGERPRINT} $({FINGERPRINT_OF})" && {PRINT_PATHS}'
+
+
+def _stored(fingerprint: str) -> tuple[str, dict[str, str]] | None:
+    """(checksum, paths) from a scan's fingerprint; None when there is none to trust."""
+    try:
+        data = json.loads(fingerprint) if fingerprint else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("paths"), dict):
+        return None
+    paths = {k: str(v) for k, v in data["paths"].items() if k in PATH_KEYS}
+    checksum = str(data.get("sum") or "")
+    return (checksum, paths) if checksum and len(paths) == len(PATH_KEYS) else None
 
 
 def is_security(origin: str) -> bool:
@@ -75,26 +103,25 @@ class AptProvider(ProviderBase):
 
     def scan_command(self) -> str:
         update = "apt-get update -qq >&2 && " if self.refresh else ""
-        return (
-            f'{PATHS}{FINGERPRINT_OF}{update}echo "{FINGERPRINT} $(ktlo_fp)" && '
-            f"{DPKG_QUERY} && echo {MARK} && {SIMULATE}"
-        )
+        return f"{PATHS}{update}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK} && {SIMULATE}"
 
     def settled_scan_command(self) -> str:
         """After the whole pending plan was installed: the fingerprint and installed versions,
         and an empty simulation — the plan was all of `dist-upgrade`, so from the same lists
         nothing is left (the fingerprint taken now vouches for the next rollout's guard)."""
-        return (
-            f'{PATHS}{FINGERPRINT_OF}echo "{FINGERPRINT} $(ktlo_fp)" && {DPKG_QUERY} && echo {MARK}'
-        )
+        return f"{PATHS}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK}"
 
     def parse_scan(self, stdout: str) -> ProviderScan:
         head, _, simulated = stdout.partition(MARK)
         installed: dict[str, str] = {}
-        fingerprint = ""
+        checksum, paths = "", {}
         for line in head.splitlines():
-            if line.startswith(FINGERPRINT):
-                fingerprint = line.removeprefix(FINGERPRINT).strip()
+            if line.startswith(FINGERPRINT + " "):
+                checksum = line.removeprefix(FINGERPRINT).strip()
+                continue
+            if line.startswith(PATH_MARK + " "):
+                key, _, value = line.removeprefix(PATH_MARK + " ").partition("=")
+                paths[key] = value
                 continue
             parts = line.split("\t")
             if len(parts) >= 3 and parts[2].strip().startswith("i"):
@@ -114,6 +141,8 @@ class AptProvider(ProviderBase):
                         origin=origin.strip(),
                     )
                 )
+        known = checksum and not checksum.endswith(" 0") and set(paths) == set(PATH_KEYS)
+        fingerprint = json.dumps({"sum": checksum, "paths": paths}) if known else ""
         return ProviderScan(
             provider=self.KIND, installed=installed, pending=pending, fingerprint=fingerprint
         )
@@ -150,10 +179,13 @@ class AptProvider(ProviderBase):
             f'if [ "$now" != {shlex.quote(expected)} ]; then '
             f'echo {PLAN_CHANGED}; printf "%s\\n" "$now"; exit {PLAN_CHANGED_EXIT}; fi; '
         )
-        if fingerprint:
+        stored = _stored(fingerprint)
+        if stored is not None:  # the scan's paths: no apt-config, unless the inputs changed
+            checksum, paths = stored
             check = (
-                f"{PATHS}{FINGERPRINT_OF}"
-                f'if [ "$(ktlo_fp)" != {shlex.quote(fingerprint)} ]; then {check}fi; '
+                " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+                + f' KTLO_APT_READ=/; if [ "$({FINGERPRINT_OF})" != {shlex.quote(checksum)} ]; '
+                f"then KTLO_APT_READ=; {PATHS}{check}fi; "
             )
         return check + self.install_command(approved)
 
