@@ -76,6 +76,7 @@ def session() -> Iterator[Session]:
     start_s = time.perf_counter() - started
     _reap(info.pid)
     os.environ["PREFECT_API_URL"] = info.api_url
+    local_server.plain_http_tls(info.api_url)  # as the CLI's ensure_api does
     _active = Session(home=home, api_url=info.api_url, server_pid=info.pid, server_start_s=start_s)
     print(
         f"bench session: KTLO_HOME={home}, Prefect server {info.api_url} "

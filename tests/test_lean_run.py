@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import Home
 from tests.helpers import REPO
@@ -122,3 +126,21 @@ def test_serve_starts_the_fork_server_with_itself(prefect_api: str, home: Home) 
         assert any("multiprocessing.forkserver" in line for line in _children(served.proc.pid))
     finally:
         served.stop()
+
+
+def test_a_plain_http_api_spares_prefect_the_ca_bundle(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect builds an SSL context per client from PREFECT_API_SSL_CERT_FILE, http or not."""
+    from ktlo.orchestration.local_server import plain_http_tls
+
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", "")  # restored (unset) after the test
+    monkeypatch.delenv("PREFECT_API_SSL_CERT_FILE")
+    plain_http_tls("https://prefect.example/api")
+    assert "PREFECT_API_SSL_CERT_FILE" not in os.environ  # TLS in use: certifi stays
+    plain_http_tls("http://127.0.0.1:4200/api")
+    cafile = os.environ["PREFECT_API_SSL_CERT_FILE"]
+    assert ssl.create_default_context(cafile=cafile).cert_store_stats()["x509_ca"] == 1
+    monkeypatch.setenv("PREFECT_API_SSL_CERT_FILE", "/etc/ssl/operator.pem")
+    plain_http_tls("http://127.0.0.1:4200/api")
+    assert os.environ["PREFECT_API_SSL_CERT_FILE"] == "/etc/ssl/operator.pem"

@@ -260,6 +260,7 @@ def preset_api() -> None:
     info = read_info()
     if info is not None and pid_alive(info.pid):
         _preset = os.environ["PREFECT_API_URL"] = info.api_url
+        plain_http_tls(info.api_url)
 
 
 def ensure_api(*, quiet: bool = False) -> str:
@@ -277,9 +278,35 @@ def ensure_api(*, quiet: bool = False) -> str:
     else:
         api_url = start(quiet=quiet).api_url
         os.environ["PREFECT_API_URL"] = api_url
+    plain_http_tls(api_url)
     if "prefect.context" in sys.modules and api_url != _preset:
         _apply_to_loaded_prefect(api_url)
     return api_url
+
+
+def plain_http_tls(api_url: str) -> None:
+    """Spare Prefect's clients a CA bundle they never use on a plain-HTTP API.
+
+    Prefect builds an SSL context from `PREFECT_API_SSL_CERT_FILE` (by default certifi's
+    ~150 certificates: 40 ms of CPU) for every client it makes, two per flow run, http://
+    or not. For a plain-HTTP API such as the local server, ktlo names a file holding ONE of
+    those certificates instead; no connection ever uses it. An https:// API, or a setting the
+    operator made, is left alone. Set before Prefect reads its settings (at its import).
+    """
+    if not api_url.startswith("http://") or os.environ.get("PREFECT_API_SSL_CERT_FILE"):
+        return
+    path = prefect_home() / "plain-http-ca.pem"
+    if not path.exists():
+        import certifi
+
+        bundle = Path(certifi.where()).read_text()
+        end = "-----END CERTIFICATE-----"
+        first = bundle[bundle.index("-----BEGIN CERTIFICATE-----") : bundle.index(end) + len(end)]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(first + "\n")
+        partial.replace(path)
+    os.environ["PREFECT_API_SSL_CERT_FILE"] = str(path)
 
 
 def _apply_to_loaded_prefect(api_url: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, delete, insert, update
+from sqlalchemy import JSON, Column, Text, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
@@ -123,13 +123,21 @@ def first_seen() -> dict[tuple[str, str, str], datetime]:
 
 
 def last_scans(hosts: list[str] | None = None, before: int | None = None) -> dict[str, PatchScan]:
-    """Each host's newest scan (older than scan id `before` when given)."""
+    """Each host's newest scan (older than scan id `before` when given).
+
+    Only those rows are read: the history grows by a row per host and scan, and decoding all
+    of it (JSON package lists) took a rollout of 20 hosts 70 ms after a few dozen runs.
+    """
+    newest = select(col(PatchScan.host), func.max(PatchScan.id).label("id")).group_by(
+        col(PatchScan.host)
+    )
+    if hosts is not None:
+        newest = newest.where(col(PatchScan.host).in_(hosts))
+    if before is not None:
+        newest = newest.where(col(PatchScan.id) < before)
+    ids = newest.subquery()
     with session() as s:
-        query = select(PatchScan).order_by(col(PatchScan.id))
-        if hosts is not None:
-            query = query.where(col(PatchScan.host).in_(hosts))
-        if before is not None:
-            query = query.where(col(PatchScan.id) < before)
+        query = select(PatchScan).join(ids, col(PatchScan.id) == ids.c.id)
         return {scan.host: scan for scan in s.exec(query)}
 
 
