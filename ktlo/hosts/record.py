@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ktlo.hosts.runner import CommandResult
 from ktlo.steps.context import get_step_context
 from ktlo.store import audit
@@ -18,8 +20,10 @@ def audit_hosts(
     audit_actions([(action, r, details or {}) for r in results])
 
 
-def audit_actions(items: Iterable[tuple[str, CommandResult, dict[str, Any]]]) -> None:
-    """Record several (action, result, details) events in one transaction."""
+def audit_actions(
+    items: Iterable[tuple[str, CommandResult, dict[str, Any]]], conn: Connection | None = None
+) -> None:
+    """Record several (action, result, details) events in one transaction (the caller's)."""
     ctx = get_step_context()
     run_id = ctx.run_id if ctx is not None else None
     entries = [
@@ -37,6 +41,8 @@ def audit_actions(items: Iterable[tuple[str, CommandResult, dict[str, Any]]]) ->
         )
         for action, r, details in items
     ]
-    if entries:
-        with engine().begin() as conn:
-            audit.record_many(entries, conn)
+    if entries and conn is not None:
+        audit.record_many(entries, conn)
+    elif entries:
+        with engine().begin() as own:
+            audit.record_many(entries, own)

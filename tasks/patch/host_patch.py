@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ktlo.hosts.inventory import Host
 from ktlo.hosts.record import audit_actions
 from ktlo.hosts.runner import CommandResult, HostRunner
+from ktlo.store.db import engine
 from ktlo.store.models import utcnow
 from tasks.patch import scan as scanning
 from tasks.patch import store
@@ -97,14 +98,15 @@ class HostPatch:
                 rebooted=self.report.rebooted,
                 reason=self.report.error,
             )
-            audit_actions(self.events)
-            store.save_state(
-                self.host.name,
-                outcome=str(self.report.outcome),
-                outcome_run_id=self.shared.run_id,
+            state = {
+                "outcome": str(self.report.outcome),
+                "outcome_run_id": self.shared.run_id,
                 **({"state": "Failed"} if self.report.counts_failed else {}),
                 **({"error": self.report.error} if self.report.error else {}),
-            )
+            }
+            with engine().begin() as conn:  # the host's audit events and state: one transaction
+                audit_actions(self.events, conn)
+                store.save_states({self.host.name: state}, conn)
         return self.report
 
     def _audit(self, action: str, host: str, done: CommandResult | None, **details: object) -> None:

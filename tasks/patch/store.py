@@ -9,11 +9,22 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, delete, func, insert, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
-from ktlo.store.db import MIGRATIONS, add_column, session
+from ktlo.store.db import MIGRATIONS, add_column, engine, session
 from ktlo.store.models import utcnow
 
 
@@ -145,27 +156,36 @@ def save_state(host: str, **fields: Any) -> None:
     save_states({host: fields})
 
 
-def save_states(changes: dict[str, dict[str, Any]]) -> None:
-    """Update hosts' state rows (created when missing) in one transaction."""
+def save_states(changes: dict[str, dict[str, Any]], conn: Connection | None = None) -> None:
+    """Update hosts' state rows (created when missing) in one transaction, the caller's when
+    given. Core statements, one executemany per set of columns: this runs for every host a
+    rollout finishes (the ORM's per-row update cost a rollout of 20 hosts 0.2 s of CPU)."""
     if not changes:
         return
+    if conn is None:
+        with engine().begin() as own:
+            save_states(changes, own)
+        return
+    table: Table = PatchHostState.__table__  # type: ignore[attr-defined]
     now = utcnow()
-    with session() as s:
-        query = select(PatchHostState.host).where(col(PatchHostState.host).in_(list(changes)))
-        known = set(s.exec(query).all())
-        new = [
-            {"state": "", "drift": [], **fields, "host": host, "updated_at": now}
-            for host, fields in changes.items()
-            if host not in known
-        ]
-        for host in known:
-            s.execute(
-                update(PatchHostState)
-                .where(col(PatchHostState.host) == host)
-                .values(**changes[host], updated_at=now)
-            )
-        for keys in {tuple(sorted(row)) for row in new}:  # one executemany per column set
-            s.execute(insert(PatchHostState), [r for r in new if tuple(sorted(r)) == keys])
+    known = set(conn.execute(select(table.c.host).where(table.c.host.in_(list(changes)))).scalars())
+    new = [
+        {"state": "", "drift": [], **fields, "host": host, "updated_at": now}
+        for host, fields in changes.items()
+        if host not in known
+    ]
+    for keys in {tuple(sorted(row)) for row in new}:  # one executemany per column set
+        conn.execute(insert(table), [r for r in new if tuple(sorted(r)) == keys])
+    # bound as b_<column>: SQLAlchemy keeps the columns' own names for itself
+    old = [
+        {f"b_{k}": v for k, v in {**fields, "host": host, "updated_at": now}.items()}
+        for host, fields in changes.items()
+        if host in known
+    ]
+    for keys in {tuple(sorted(row)) for row in old}:
+        values: dict[str, Any] = {k[2:]: bindparam(k) for k in keys if k != "b_host"}
+        statement = update(table).where(table.c.host == bindparam("b_host")).values(values)
+        conn.execute(statement, [r for r in old if tuple(sorted(r)) == keys])
 
 
 def states() -> list[PatchHostState]:
