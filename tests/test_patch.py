@@ -84,10 +84,13 @@ def test_rollout_patches_the_fleet_and_a_rerun_skips(fleet: Fleet, patching: Any
     assert {h["state"] for h in states} == {"Installed"}
 
 
-def test_an_unchanged_host_is_patched_without_simulating_again(fleet: Fleet, patching: Any) -> None:
-    """The scan fingerprints what apt's plan comes from: while it holds, the guarded install
-    does not simulate again, nor does the rescan after the whole plan went in. Any change to
-    those inputs (here a new preferences file) and the guard simulates and compares."""
+def test_an_unchanged_host_is_scanned_and_patched_without_simulating_again(
+    fleet: Fleet, patching: Any
+) -> None:
+    """The scan fingerprints what apt's plan comes from (dpkg's status included). While it
+    holds, a rescan takes the last result again, the guarded install does not simulate, nor
+    does the rescan after the whole plan went in. Any change to those inputs (here a new
+    preferences file) and the scan, or the guard, simulates and compares."""
     hosts = ["lab-09", "lab-10"]
     calls = {n: fleet.hosts[n].dir / "apt-calls" for n in hosts}
     for name in hosts:  # an apt-get that logs its arguments, first in the host's PATH
@@ -98,20 +101,45 @@ def test_an_unchanged_host_is_patched_without_simulating_again(fleet: Fleet, pat
             f"printf %s {shlex.quote(body)} > {wrapper} && chmod 755 {wrapper} && command -v apt-get",
         )
         assert done.stdout.strip() == str(wrapper), done.stderr
-    assert patching("patch.scan", hosts=",".join(hosts)).status == "succeeded"
     prefs = fleet.hosts["lab-10"].root / "etc/apt/preferences.d/ktlo-test"
     prefs.parent.mkdir(parents=True, exist_ok=True)
+
+    def made(during: Any) -> dict[str, tuple[int, int]]:
+        """(simulations, installs) per host while `during` ran."""
+        for name, log in calls.items():
+            fleet.run(name, f": > {log}")
+        during()
+        lines = {n: log.read_text().splitlines() for n, log in calls.items()}
+        return {
+            n: (sum(c.startswith("-s ") for c in ls), sum(" install " in c for c in ls))
+            for n, ls in lines.items()
+        }
+
+    first = patching("patch.scan", hosts=",".join(hosts))
     prefs.write_text("Package: lab-none\nPin: version *\nPin-Priority: 500\n")
-    for name, log in calls.items():  # the scan's calls are not counted
-        fleet.run(name, f": > {log}")
-    result = patching("patch.rollout", hosts=",".join(hosts), batches=[2], health=GATE)
+    rescans: list[Any] = []
+    assert made(lambda: rescans.append(patching("patch.scan", hosts=",".join(hosts)))) == {
+        "lab-09": (0, 0),
+        "lab-10": (1, 0),
+    }
+    (rescan,) = rescans
+    plans = [
+        {h["host"]: (h["plan_hash"], h["approved"]) for h in r.steps["patch"].output["hosts"]}
+        for r in (first, rescan)
+    ]
+    assert plans[0] == plans[1]
+    assert plans[0]["lab-09"][1]  # the same plan, not an empty one
+
+    prefs.write_text("Package: lab-none\nPin: version *\nPin-Priority: 600\n")
+    results: list[Any] = []
+    assert made(
+        lambda: results.append(
+            patching("patch.rollout", hosts=",".join(hosts), batches=[2], health=GATE)
+        )
+    ) == {"lab-09": (0, 1), "lab-10": (1, 1)}
+    (result,) = results
     assert result.status == "succeeded", result.steps["patch"].error
     assert _outcomes(result) == {"lab-09": "patched", "lab-10": "patched"}
-    made = {n: log.read_text().splitlines() for n, log in calls.items()}
-    simulated = {n: [c for c in made[n] if c.startswith("-s ")] for n in hosts}
-    installed = {n: [c for c in made[n] if " install " in c] for n in hosts}
-    assert (len(simulated["lab-09"]), len(installed["lab-09"])) == (0, 1), made["lab-09"]
-    assert (len(simulated["lab-10"]), len(installed["lab-10"])) == (1, 1), made["lab-10"]
     for name in hosts:
         assert fleet.installed(name) == {**fleet_apt.INSTALLED, **fleet_apt.UPGRADES}
     again = patching("patch.rollout", hosts=",".join(hosts), batches=[2])

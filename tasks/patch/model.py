@@ -60,6 +60,9 @@ class ProviderScan(BaseModel):
     fingerprint: str = Field(
         default="", description="of what the plan was computed from; empty: not known"
     )
+    unchanged: bool = Field(
+        default=False, description="the fingerprint is the last scan's: its result still holds"
+    )
 
 
 def plan_hash(updates: list[Update]) -> str:

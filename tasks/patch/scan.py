@@ -93,20 +93,55 @@ async def probe(
     providers: list[ProviderBase],
     root: str | None,
     timeout_s: float,
+    previous: store.PatchScan | None = None,
 ) -> HostScan:
-    """Run the scan commands on one host (no store access): nothing on the host changes."""
+    """Run the scan commands on one host (no store access): nothing on the host changes.
+
+    With the host's `previous` scan, a provider that can tell its inputs did not change since
+    answers `unchanged`, and that scan's installed and pending lists are taken again.
+    """
     configured = [p.for_host(host) for p in providers]
     if len(configured) == 1:  # the usual case: scan and facts in one exec (one sshd session)
-        root_dir = host_root(host, root)
-        done = await runner.run(host, scan_and_facts(configured[0], root_dir), timeout_s=timeout_s)
+        provider, root_dir = configured[0], host_root(host, root)
+        since = _reusable(previous, provider)
+        done = await runner.run(
+            host, scan_and_facts(provider, root_dir, since=since), timeout_s=timeout_s
+        )
         if done.error is not None:
             return HostScan(host=host.name, error=done.error)
-        scan = _parse_combined(done, done.stdout, configured[0])
+        scan = _parse_combined(done, done.stdout, provider)
+        if scan is not None and previous is not None and since:
+            _take_unchanged(scan, previous, since)
         return scan or HostScan(host=host.name, error=f"unreadable scan: {done.summary()}")
     jobs = [runner.run(host, p.scan_command(), timeout_s=timeout_s) for p in configured]
     jobs.append(runner.run(host, facts_command(host_root(host, root)), timeout_s=timeout_s))
     results: list[CommandResult] = list(await asyncio.gather(*jobs))
     return parse_probe(host.name, configured, results)
+
+
+def _reusable(previous: store.PatchScan | None, provider: ProviderBase) -> str:
+    """The previous scan's fingerprint, when its result may be taken again for `provider`."""
+    if previous is None or previous.error or not previous.fingerprint:
+        return ""
+    if set(previous.installed) != {provider.name_of()}:
+        return ""
+    return previous.fingerprint
+
+
+def _take_unchanged(scan: HostScan, previous: store.PatchScan, fingerprint: str) -> None:
+    """Fill a provider's `unchanged` answer with the previous scan's lists."""
+    for i, found in enumerate(scan.providers):
+        if not found.unchanged:
+            continue
+        name = found.provider
+        scan.providers[i] = ProviderScan(
+            provider=name,
+            installed=dict(previous.installed.get(name, {})),
+            pending=[Update.model_validate(u) for u in previous.pending if u["provider"] == name],
+            fingerprint=fingerprint,
+        )
+    scan.pending = [u for p in scan.providers for u in p.pending]
+    scan.plan_hash = plan_hash(scan.pending)
 
 
 def parse_probe(
@@ -139,12 +174,17 @@ def parse_probe(
     return out
 
 
-def scan_and_facts(provider: ProviderBase, root: str, *, settled: bool = False) -> str:
+def scan_and_facts(
+    provider: ProviderBase, root: str, *, settled: bool = False, since: str = ""
+) -> str:
     """The provider's scan, its exit status after `AFTER`, then the facts: one exec.
 
     `settled`: right after the provider installed every pending update (its cheaper scan).
+    `since`: the host's last scan's fingerprint (the scan may answer `unchanged`).
     """
-    scan = (settled and provider.settled_scan_command()) or provider.scan_command()
+    scan = (settled and provider.settled_scan_command()) or (
+        provider.scan_command_since(since) if since else provider.scan_command()
+    )
     return f'( {scan}\n); echo "{AFTER} $?"; {facts_command(root)}'
 
 

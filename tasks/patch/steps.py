@@ -64,6 +64,7 @@ def _report(scan: scanning.HostScan) -> HostScanReport:
 async def scan_hosts(inputs: PatchCommon, run_id: str | None) -> list[scanning.HostScan]:
     """Scan the selected hosts at once, store each result, audit each host."""
     hosts = load_inventory().select(inputs.hosts)
+    previous = store.last_scans([h.name for h in hosts])
     async with HostRunner(
         max_handshakes=inputs.max_handshakes,
         command_timeout_s=inputs.command_timeout_s,
@@ -73,13 +74,18 @@ async def scan_hosts(inputs: PatchCommon, run_id: str | None) -> list[scanning.H
         probes = await asyncio.gather(
             *(
                 scanning.probe(
-                    runner, h, list(inputs.providers), inputs.root, inputs.command_timeout_s
+                    runner,
+                    h,
+                    list(inputs.providers),
+                    inputs.root,
+                    inputs.command_timeout_s,
+                    previous.get(h.name),
                 )
                 for h in hosts
             )
         )
     outcomes = {s.host: s.outcome for s in store.states()}
-    previous, seen = store.last_scans([h.name for h in hosts]), store.first_seen()
+    seen = store.first_seen()
     scans = scanning.record_all(
         [scanning.Recording(p, outcomes.get(p.host), previous.get(p.host)) for p in probes],
         inputs.baseline,

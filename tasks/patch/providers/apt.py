@@ -30,6 +30,7 @@ from tasks.patch.providers.base import PLAN_CHANGED, PLAN_CHANGED_EXIT, Provider
 
 MARK = "@@ktlo-apt@@"
 FINGERPRINT = "@@ktlo-apt-fp@@"
+UNCHANGED = "@@ktlo-apt-unchanged@@"
 INST = re.compile(r"^Inst (\S+)(?: \[([^\]]*)\])? \((\S+) (.*?)(?: \[[^\]]*\])?\)")
 SIMULATE = "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade"
 # `name current version` per `Inst` line of the simulation (current empty for a new package)
@@ -105,6 +106,21 @@ class AptProvider(ProviderBase):
         update = "apt-get update -qq >&2 && " if self.refresh else ""
         return f"{PATHS}{update}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK} && {SIMULATE}"
 
+    def scan_command_since(self, fingerprint: str) -> str:
+        """Nothing apt's answer depends on changed since the last scan (dpkg's status is part
+        of the fingerprint, so the installed versions are the same too): only the check runs,
+        a stat of the inputs instead of a dependency solve; else the whole scan."""
+        stored = _stored(fingerprint)
+        if stored is None:
+            return self.scan_command()
+        checksum, paths = stored
+        update = "apt-get update -qq >&2 && " if self.refresh else ""
+        return (
+            " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+            + f' KTLO_APT_READ=/; {update}if [ "$({FINGERPRINT_OF})" = {shlex.quote(checksum)} ]; '
+            f"then echo {UNCHANGED}; else KTLO_APT_READ=; {self.scan_command()}; fi"
+        )
+
     def settled_scan_command(self) -> str:
         """After the whole pending plan was installed: the fingerprint and installed versions,
         and an empty simulation — the plan was all of `dist-upgrade`, so from the same lists
@@ -112,6 +128,8 @@ class AptProvider(ProviderBase):
         return f"{PATHS}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK}"
 
     def parse_scan(self, stdout: str) -> ProviderScan:
+        if stdout.strip() == UNCHANGED:
+            return ProviderScan(provider=self.KIND, unchanged=True)
         head, _, simulated = stdout.partition(MARK)
         installed: dict[str, str] = {}
         checksum, paths = "", {}

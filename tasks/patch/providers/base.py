@@ -67,6 +67,11 @@ class ProviderBase(BaseModel, ABC):
         """
         return None
 
+    def scan_command_since(self, fingerprint: str) -> str:
+        """The scan, or, when the host's inputs still match the last scan's `fingerprint`, a
+        short answer that `parse_scan` reads as `unchanged` (the last result holds)."""
+        return self.scan_command()
+
     def settled_scan_command(self) -> str | None:
         """A scan for right after ALL of its pending updates were installed, cheaper than
         `scan_command` because nothing can be pending; None: use `scan_command`."""
