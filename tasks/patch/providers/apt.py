@@ -87,6 +87,11 @@ def _stored(fingerprint: str) -> tuple[str, dict[str, str]] | None:
     return (checksum, paths) if checksum and len(paths) == len(PATH_KEYS) else None
 
 
+def _preset(paths: dict[str, str]) -> str:
+    """The scan's apt paths as shell assignments (what PATHS would read again)."""
+    return " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+
+
 def is_security(origin: str) -> bool:
     return any("security" in part.lower() for part in re.split(r",\s*", origin) if part)
 
@@ -116,7 +121,7 @@ class AptProvider(ProviderBase):
         checksum, paths = stored
         update = "apt-get update -qq >&2 && " if self.refresh else ""
         return (
-            " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+            _preset(paths)
             + f' KTLO_APT_READ=/; {update}if [ "$({FINGERPRINT_OF})" = {shlex.quote(checksum)} ]; '
             f"then echo {UNCHANGED}; else KTLO_APT_READ=; {self.scan_command()}; fi"
         )
@@ -201,7 +206,7 @@ class AptProvider(ProviderBase):
         if stored is not None:  # the scan's paths: no apt-config, unless the inputs changed
             checksum, paths = stored
             check = (
-                " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+                _preset(paths)
                 + f' KTLO_APT_READ=/; if [ "$({FINGERPRINT_OF})" != {shlex.quote(checksum)} ]; '
                 f"then KTLO_APT_READ=; {PATHS}{check}fi; "
             )
