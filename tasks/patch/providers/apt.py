@@ -87,9 +87,18 @@ def _stored(fingerprint: str) -> tuple[str, dict[str, str]] | None:
     return (checksum, paths) if checksum and len(paths) == len(PATH_KEYS) else None
 
 
-def _preset(paths: dict[str, str]) -> str:
-    """The scan's apt paths as shell assignments (what PATHS would read again)."""
-    return " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+def _while_unchanged(
+    stored: tuple[str, dict[str, str]], unchanged: str, changed: str, first: str = ""
+) -> str:
+    """`unchanged` while apt's inputs match the scan's fingerprint, else `changed` with apt's
+    paths read again. The scan's paths are set first (no apt-config when nothing changed);
+    `first` (an `... && `) runs before the check."""
+    checksum, paths = stored
+    preset = " ".join(f"{k}={shlex.quote(v)}" for k, v in paths.items())
+    return (
+        f'{preset} KTLO_APT_READ=/; {first}if [ "$({FINGERPRINT_OF})" = {shlex.quote(checksum)} ]; '
+        f"then {unchanged}; else KTLO_APT_READ=; {PATHS}{changed}; fi"
+    )
 
 
 def is_security(origin: str) -> bool:
@@ -107,9 +116,14 @@ class AptProvider(ProviderBase):
     refresh: bool = Field(default=False, description="run `apt-get update` before the scan")
     lock_timeout_s: int = Field(default=60, ge=0, description="DPkg::Lock::Timeout")
 
+    def _update(self) -> str:
+        return "apt-get update -qq >&2 && " if self.refresh else ""
+
     def scan_command(self) -> str:
-        update = "apt-get update -qq >&2 && " if self.refresh else ""
-        return f"{PATHS}{update}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK} && {SIMULATE}"
+        return self._scan(self._update())
+
+    def _scan(self, first: str) -> str:
+        return f"{PATHS}{first}{PRINT_FINGERPRINT} && {DPKG_QUERY} && echo {MARK} && {SIMULATE}"
 
     def scan_command_since(self, fingerprint: str) -> str:
         """Nothing apt's answer depends on changed since the last scan (dpkg's status is part
@@ -118,13 +132,7 @@ class AptProvider(ProviderBase):
         stored = _stored(fingerprint)
         if stored is None:
             return self.scan_command()
-        checksum, paths = stored
-        update = "apt-get update -qq >&2 && " if self.refresh else ""
-        return (
-            _preset(paths)
-            + f' KTLO_APT_READ=/; {update}if [ "$({FINGERPRINT_OF})" = {shlex.quote(checksum)} ]; '
-            f"then echo {UNCHANGED}; else KTLO_APT_READ=; {self.scan_command()}; fi"
-        )
+        return _while_unchanged(stored, f"echo {UNCHANGED}", self._scan(""), self._update())
 
     def settled_scan_command(self) -> str:
         """After the whole pending plan was installed: the fingerprint and installed versions,
@@ -203,13 +211,8 @@ class AptProvider(ProviderBase):
             f'echo {PLAN_CHANGED}; printf "%s\\n" "$now"; exit {PLAN_CHANGED_EXIT}; fi; '
         )
         stored = _stored(fingerprint)
-        if stored is not None:  # the scan's paths: no apt-config, unless the inputs changed
-            checksum, paths = stored
-            check = (
-                _preset(paths)
-                + f' KTLO_APT_READ=/; if [ "$({FINGERPRINT_OF})" != {shlex.quote(checksum)} ]; '
-                f"then KTLO_APT_READ=; {PATHS}{check}fi; "
-            )
+        if stored is not None:
+            check = _while_unchanged(stored, ":", check.rstrip("; ")) + "; "
         return check + self.install_command(approved)
 
     def rollback_command(self, versions: dict[str, str]) -> str:
