@@ -10,7 +10,8 @@ Both do scan → upgrade → verify over the lab's 20 real sshd with batches `[1
   `environment:`, strict host-key checking against the lab's known_hosts.
 
 Also timed in the same rounds: a bare asyncssh script doing only the work (`patching_floor`):
-the most any tool can be ahead of Ansible on this lab and machine, and what ktlo adds to it.
+about the most a tool doing this work can be ahead of Ansible on this lab and machine, and
+what ktlo adds to it.
 
 Then a scan of 200 host sessions, the issue's "20 hosts x 10 scans in one run": ten
 `patch.scan` steps in a row over the lab; target ≤ 5 s with zero errors (the flow's wall time
@@ -343,8 +344,8 @@ def run(only_scan: bool = False) -> Result:
         )
         print(
             f"bare asyncssh script (scan → install → verify, same batches, nothing checked or "
-            f"recorded): {floor:.2f} s, {a / floor:.1f}x faster than ansible-playbook (the most "
-            f"any tool gets on this lab and machine); ktlo takes {k / floor:.2f}x the script's "
+            f"recorded): {floor:.2f} s, {a / floor:.1f}x faster than ansible-playbook (about the "
+            f"most a tool doing this work gets on this lab and machine); ktlo takes {k / floor:.2f}x the script's "
             f"time; rounds [{timings['script'].text()}]",
             flush=True,
         )

@@ -5,8 +5,8 @@ simulation (`apt-get -s dist-upgrade`), the install of the same `name=version` l
 health command, each host's three commands one after the other; hosts of a batch at once,
 batches as the rollout's (`[1, 5, "50%"]`). Nothing is checked, recorded, audited or
 timed out: it is what every tool pays on this lab (sshd logins and sessions, apt's solve,
-dpkg's unpack), so `ansible / script` is the most any tool can be ahead of Ansible here and
-`ktlo / script` is what ktlo adds on top (Prefect, the store, its plan checks and rescans).
+dpkg's unpack), so `ansible / script` is about the most a tool doing this work can be ahead
+of Ansible here, and `ktlo / script` is what ktlo adds on top (Prefect, the store, its plan checks and rescans).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ async def _host(fleet: Any, name: str, install: str) -> None:
         for command in _commands(host.env, install):
             done = await conn.run(command, stdin=asyncssh.DEVNULL)
             if done.exit_status != 0:
-                raise RuntimeError(f"{name}: {command!r} exited {done.exit_status}: {done.stderr!s}")
+                raise RuntimeError(
+                    f"{name}: {command!r} exited {done.exit_status}: {done.stderr!s}"
+                )
 
 
 async def _rollout(fleet: Any, install: str) -> None:
