@@ -178,6 +178,13 @@ def test_killed_drill_is_cleaned_up_by_the_next_readiness_pass(example: Example)
     from tasks.dr import store
     from tasks.dr.readiness import readiness
 
+    # The app's verify waits, so the kill lands while the drill still holds every scratch
+    # resource: a fast drill otherwise may already be cleaning up (db first) when killed.
+    example.edit_plan(
+        'type: http\n        url: "http://127.0.0.1:{{ scratch.port }}/health"\n'
+        '        conditions: ["status == 200"]',
+        'type: command\n        command: [sleep, "60"]\n        timeout_s: 120',
+    )
     env = {**os.environ, **example.home.env}
     proc = subprocess.Popen(
         [KTLO, "dr", "drill", "example"],
