@@ -6,7 +6,8 @@ health command, each host's three commands one after the other; hosts of a batch
 batches as the rollout's (`[1, 5, "50%"]`). Nothing is checked, recorded, audited or
 timed out: it is what every tool pays on this lab (sshd logins and sessions, apt's solve,
 dpkg's unpack), so `ansible / script` is about the most a tool doing this work can be ahead
-of Ansible here, and `ktlo / script` is what ktlo adds on top (Prefect, the store, its plan checks and rescans).
+of Ansible here, and `ktlo / script` is what ktlo adds on top (Prefect, the store, its plan
+checks and rescans).
 """
 
 from __future__ import annotations
