@@ -13,7 +13,6 @@ checks and rescans).
 from __future__ import annotations
 
 import asyncio
-import shlex
 from typing import Any
 
 import asyncssh
@@ -22,7 +21,9 @@ BATCHES: list[int | str] = [1, 5, "50%"]
 
 
 def _commands(env: dict[str, str], install: str) -> list[str]:
-    exports = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + "; "
+    from ktlo.hosts.runner import export_env  # imports Prefect: not before the session
+
+    exports = export_env(env)
     return [
         exports + "LC_ALL=C apt-get -s -q -o Debug::NoLocking=1 dist-upgrade >/dev/null",
         exports + "DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l " + install + " >/dev/null",
