@@ -49,6 +49,7 @@ TARGET_SPEEDUP = 5.0
 OVERHEAD_TARGET_S = 0.25
 SESSIONS_PER_HOST = 10
 SCAN_TARGET_S = 5.0
+BATCHES: list[int | str] = [1, 5, "50%"]  # ktlo's batches, Ansible's serial, the script's
 APT_OPTS = (
     "-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
     "-o DPkg::Lock::Timeout=60"
@@ -106,7 +107,7 @@ def ansible_project(fleet: Any, where: Path) -> Path:
     play = [
         {
             "hosts": "lab",
-            "serial": [1, 5, "50%"],
+            "serial": BATCHES,
             "gather_facts": False,
             "environment": "{{ lab_env }}",
             "tasks": [
@@ -146,7 +147,7 @@ def ktlo_runbook(home_runbooks: Path) -> Path:
                 "needs": ["scan"],
                 "with": {
                     "hosts": "lab",
-                    "batches": [1, 5, "50%"],
+                    "batches": BATCHES,
                     "max_failed": 0,
                     "health": [{"type": "command", "name": "lab-health", "command": "lab-health"}],
                     "reboot": "never",
@@ -298,7 +299,7 @@ def run(only_scan: bool = False) -> Result:
             check_patched()
 
         def script() -> None:
-            patching_floor.rollout(fleet, install_line())
+            patching_floor.rollout(fleet, install_line(), BATCHES)
             check_patched()
 
         def ansible() -> None:

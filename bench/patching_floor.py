@@ -3,9 +3,8 @@
 Per host, over one asyncssh connection (strict host-key checking, the lab's client key): the
 simulation (`apt-get -s dist-upgrade`), the install of the same `name=version` list and the
 health command, each host's three commands one after the other; hosts of a batch at once,
-batches as the rollout's (`[1, 5, "50%"]`). Nothing is checked, recorded, audited or
-timed out: it is what every tool pays on this lab (sshd logins and sessions, apt's solve,
-dpkg's unpack), so `ansible / script` is about the most a tool doing this work can be ahead
+batches as the rollout's. Nothing is checked, recorded, audited or timed out: it is what
+every tool pays on this lab (sshd logins and sessions, apt's solve, dpkg's unpack), so `ansible / script` is about the most a tool doing this work can be ahead
 of Ansible here, and `ktlo / script` is what ktlo adds on top (Prefect, the store, its plan
 checks and rescans).
 """
@@ -16,8 +15,6 @@ import asyncio
 from typing import Any
 
 import asyncssh
-
-BATCHES: list[int | str] = [1, 5, "50%"]
 
 
 def _commands(env: dict[str, str], install: str) -> list[str]:
@@ -48,17 +45,17 @@ async def _host(fleet: Any, name: str, install: str) -> None:
                 )
 
 
-async def _rollout(fleet: Any, install: str) -> None:
+async def _rollout(fleet: Any, install: str, batches: list[int | str]) -> None:
     from tasks.patch.rollout import batch_sizes  # imports Prefect: not before the session
 
     names = sorted(fleet.hosts)
     start = 0
-    for size in batch_sizes(BATCHES, len(names)):
+    for size in batch_sizes(batches, len(names)):
         await asyncio.gather(*(_host(fleet, n, install) for n in names[start : start + size]))
         start += size
 
 
-def rollout(fleet: Any, install: str) -> None:
+def rollout(fleet: Any, install: str, batches: list[int | str]) -> None:
     """Scan, install (`install`: the apt-get command line Ansible runs too) and verify every
     lab host, batch after batch."""
-    asyncio.run(_rollout(fleet, install))
+    asyncio.run(_rollout(fleet, install, batches))
