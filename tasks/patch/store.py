@@ -174,18 +174,26 @@ def save_states(changes: dict[str, dict[str, Any]], conn: Connection | None = No
         for host, fields in changes.items()
         if host not in known
     ]
-    for keys in {tuple(sorted(row)) for row in new}:  # one executemany per column set
-        conn.execute(insert(table), [r for r in new if tuple(sorted(r)) == keys])
+    for _, rows in _by_columns(new):
+        conn.execute(insert(table), rows)
     # bound as b_<column>: SQLAlchemy keeps the columns' own names for itself
     old = [
         {f"b_{k}": v for k, v in {**fields, "host": host, "updated_at": now}.items()}
         for host, fields in changes.items()
         if host in known
     ]
-    for keys in {tuple(sorted(row)) for row in old}:
+    for keys, rows in _by_columns(old):
         values: dict[str, Any] = {k[2:]: bindparam(k) for k in keys if k != "b_host"}
         statement = update(table).where(table.c.host == bindparam("b_host")).values(values)
-        conn.execute(statement, [r for r in old if tuple(sorted(r)) == keys])
+        conn.execute(statement, rows)
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], list[dict[str, Any]]]]:
+    """Rows grouped by their set of keys: one executemany per group."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(row)), []).append(row)
+    return list(groups.items())
 
 
 def states() -> list[PatchHostState]:
