@@ -182,9 +182,7 @@ def scan_and_facts(
     `settled`: right after the provider installed every pending update (its cheaper scan).
     `since`: the host's last scan's fingerprint (the scan may answer `unchanged`).
     """
-    scan = (settled and provider.settled_scan_command()) or (
-        provider.scan_command_since(since) if since else provider.scan_command()
-    )
+    scan = (settled and provider.settled_scan_command()) or provider.scan_command_since(since)
     return f'( {scan}\n); echo "{AFTER} $?"; {facts_command(root)}'
 
 

@@ -68,8 +68,8 @@ class ProviderBase(BaseModel, ABC):
         return None
 
     def scan_command_since(self, fingerprint: str) -> str:
-        """The scan, or, when the host's inputs still match the last scan's `fingerprint`, a
-        short answer that `parse_scan` reads as `unchanged` (the last result holds)."""
+        """The scan, or, when the host's inputs still match the last scan's `fingerprint` (""
+        when there is none), a short answer that `parse_scan` reads as `unchanged`."""
         return self.scan_command()
 
     def settled_scan_command(self) -> str | None:
